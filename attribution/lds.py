@@ -1,0 +1,131 @@
+"""Linear datamodeling score (LDS): how well scores predict retraining outcomes.
+
+For each drop fraction p, draw ``num_subsets`` random subsets that each remove
+exactly ``round(p * n_train)`` training examples, retrain once per subset with
+those weights set to 0 (same seed and batch order), and compute per test sample
+the Spearman correlation between the predicted measurement
+``phi(1) - sum_{i in R} scores[q, i]`` and the retrained one. LDS is the mean
+over test samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from .errors import SpecError
+from .training import TrainingRun, check_test_indices, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LDSResult:
+    """LDS per fraction, per test sample, and the predicted and retrained measurements.
+
+    ``predicted[p]`` and ``actual[p]`` have shape (num_subsets, k): measurements
+    after removing each subset, as predicted by the scores and as retrained.
+    """
+
+    fractions: list[float]
+    lds: dict[float, float]
+    per_sample: dict[float, list[float]]
+    predicted: dict[float, np.ndarray] = field(repr=False)
+    actual: dict[float, np.ndarray] = field(repr=False)
+    base: np.ndarray = field(repr=False)
+    subsets: dict[float, np.ndarray] = field(repr=False)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "fractions": self.fractions,
+            "lds": {str(p): v for p, v in self.lds.items()},
+            "per_sample": {str(p): v for p, v in self.per_sample.items()},
+            "seconds": self.seconds,
+        }
+
+
+def draw_subsets(n_train: int, fraction: float, num_subsets: int, seed: int) -> np.ndarray:
+    """Return (num_subsets, round(fraction * n_train)) distinct indices per row."""
+    if not 0 < fraction < 1:
+        raise SpecError(f"drop fraction {fraction!r} must lie strictly between 0 and 1")
+    size = round(fraction * n_train)
+    if size < 1:
+        raise SpecError(f"drop fraction {fraction} removes no example of {n_train}; raise it")
+    rng = np.random.default_rng([seed, int(round(fraction * 1e6))])
+    return np.stack([rng.choice(n_train, size=size, replace=False) for _ in range(num_subsets)])
+
+
+def spearman_per_column(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of two (m, k) arrays, shape (k,)."""
+    values = []
+    for q in range(predicted.shape[1]):
+        rho = spearmanr(predicted[:, q], actual[:, q]).statistic
+        values.append(float(rho) if np.isfinite(rho) else 0.0)
+    return np.asarray(values)
+
+
+def retrain_measurements(run: TrainingRun, subsets: np.ndarray, test_indices: list[int],
+                         measurement: str, progress: bool = False) -> np.ndarray:
+    """Retrain once per subset with its weights zeroed; return (num_subsets, k) measurements."""
+    rows = []
+    iterator: Iterable = subsets
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(subsets, desc="retrain", unit="model", leave=False)
+    for removed in iterator:
+        weights = run.data_weights.clone()
+        weights[torch.as_tensor(removed)] = 0
+        retrained = train(run.spec, data_weights=weights, keep_checkpoints=False)
+        rows.append(retrained.measure(test_indices, "loss" if measurement is None else measurement)
+                    .to(torch.float64).numpy())
+    return np.stack(rows)
+
+
+def evaluate_lds(run: TrainingRun, test_indices: Iterable[int],
+                 fractions: Sequence[float] = (0.01, 0.05, 0.1), num_subsets: int = 50,
+                 seed: int = 0, scores: Optional[torch.Tensor] = None,
+                 measurement: str = "loss", progress: bool = False) -> LDSResult:
+    """Retrain on random subsets and return the LDS of ``scores`` (MAGIC when None).
+
+    ``scores`` has shape (k, n_train) in the MAGIC convention (derivative of the
+    measurement w.r.t. the data weight). Cost: ``len(fractions) * num_subsets``
+    training runs plus one reverse pass when ``scores`` is None.
+    """
+    from .metagrad import attribute
+
+    indices = check_test_indices(test_indices, run.n_test)
+    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 3:
+        raise SpecError(f"num_subsets={num_subsets!r} must be an integer >= 3 "
+                        "(use 50 or more for a stable estimate)")
+    started = time.perf_counter()
+    if scores is None:
+        scores = attribute(run, indices, measurement=measurement, progress=progress)
+    if scores.shape != (len(indices), run.n_train):
+        raise SpecError(f"scores has shape {tuple(scores.shape)}, expected "
+                        f"({len(indices)}, {run.n_train})")
+    scores64 = scores.detach().to(torch.float64).numpy()
+    base = run.measure(indices, measurement).to(torch.float64).numpy()
+    result = LDSResult(fractions=[float(p) for p in fractions], lds={}, per_sample={},
+                       predicted={}, actual={}, base=base, subsets={})
+    for fraction in result.fractions:
+        subsets = draw_subsets(run.n_train, fraction, num_subsets, seed)
+        actual = retrain_measurements(run, subsets, indices, measurement, progress)
+        predicted = base[None, :] - scores64[:, subsets].sum(axis=2).T
+        per_sample = spearman_per_column(predicted, actual)
+        result.subsets[fraction] = subsets
+        result.predicted[fraction] = predicted
+        result.actual[fraction] = actual
+        result.per_sample[fraction] = per_sample.tolist()
+        result.lds[fraction] = float(per_sample.mean())
+        logger.info("LDS at %.0f%% drop: %.3f over %d subsets", 100 * fraction,
+                    result.lds[fraction], num_subsets)
+    result.seconds = time.perf_counter() - started
+    return result

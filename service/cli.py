@@ -1,0 +1,193 @@
+"""The ``magic-attr`` command line.
+
+Engine subcommands (``train``, ``attribute``, ``lds``) import only the
+``attribution`` package; service subcommands import the server stack lazily, so
+``magic-attr train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_RUNS_DIR = Path("magic-runs")
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """Parse ``key=value`` pairs; values are read as JSON when possible (2, 0.1, [64])."""
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"error: override {pair!r} must look like key=value, e.g. epochs=2")
+        key, raw = pair.split("=", 1)
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def _parse_indices(text: str) -> list[int]:
+    """Parse '0,1,2' or '0-15' (inclusive range) into a list of test indices."""
+    indices: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            low, high = part.split("-", 1)
+            indices.extend(range(int(low), int(high) + 1))
+        elif part:
+            indices.append(int(part))
+    return indices
+
+
+def _load_or_train(args: argparse.Namespace):
+    import attribution
+
+    spec = attribution.recipes.get(args.recipe, **_parse_overrides(args.set))
+    if args.run_dir and (Path(args.run_dir) / "run.json").is_file():
+        run = attribution.TrainingRun.load(args.run_dir)
+        if run.spec != spec:
+            raise SystemExit(f"error: {args.run_dir} holds a run of another spec; "
+                             "pass a new --run-dir or the same --recipe and --set values")
+        return run
+    run = attribution.train(spec, progress=True)
+    if args.run_dir:
+        run.save(args.run_dir)
+    return run
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run = _load_or_train(args)
+    print(json.dumps({"fingerprint": run.fingerprint, "num_steps": run.num_steps,
+                      "metrics": run.metrics, "run_dir": args.run_dir}, indent=2))
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    import attribution
+
+    run = _load_or_train(args)
+    indices = _parse_indices(args.test_indices)
+    result = attribution.attribute_with_stats(run, indices, measurement=args.measurement,
+                                              policy=args.policy, batch_size=args.batch_size,
+                                              progress=True)
+    if args.output:
+        import numpy as np
+
+        np.save(args.output, result.scores.to("cpu").double().numpy())
+    summary = []
+    labels = run.trainer.y_train
+    for q, index in enumerate(indices):
+        row = result.scores[q]
+        order = row.argsort()
+        summary.append({
+            "test_index": index,
+            "test_label": int(run.trainer.y_test[index]),
+            "proponents": [{"train_index": int(i), "label": int(labels[i]),
+                            "score": float(row[i])} for i in order[: args.top_k]],
+            "opponents": [{"train_index": int(i), "label": int(labels[i]),
+                           "score": float(row[i])} for i in order.flip(0)[: args.top_k]],
+        })
+    print(json.dumps({"measurement": args.measurement, "seconds": result.seconds,
+                      "forward_steps_replayed": result.stats.forward_steps,
+                      "scores_file": args.output, "top": summary}, indent=2))
+    return 0
+
+
+def cmd_lds(args: argparse.Namespace) -> int:
+    import attribution
+
+    run = _load_or_train(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m != "magic"]
+    if unknown:
+        raise SystemExit(f"error: methods {unknown} are not available; supported: magic")
+    fractions = [float(p) for p in args.fractions.split(",")]
+    indices = list(range(args.test_samples))
+    result = attribution.evaluate_lds(run, indices, fractions=fractions,
+                                      num_subsets=args.subsets, seed=args.seed,
+                                      measurement=args.measurement, progress=True)
+    payload = {"recipe": args.recipe, "subsets": args.subsets, "test_samples": args.test_samples,
+               "lds": {"magic": {str(p): v for p, v in result.lds.items()}},
+               "seconds": result.seconds}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        for p, v in result.lds.items():
+            print(f"magic  drop {100 * p:5.1f}%  LDS {v:.3f}")
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="mnist-mlp", help="recipe name (default mnist-mlp)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set epochs=2 --set dtype=float64")
+    parser.add_argument("--run-dir", default=None,
+                        help="folder to save the training run to, or load it from if present")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magic-attr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a recipe deterministically and save the run")
+    _add_run_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    attribute = sub.add_parser("attribute", help="compute MAGIC scores for test samples")
+    _add_run_arguments(attribute)
+    attribute.add_argument("--test-indices", default="0-3", help="e.g. 0,5,9 or 0-15")
+    attribute.add_argument("--measurement", default="loss", choices=["loss", "margin", "logit"])
+    attribute.add_argument("--policy", default="replay", choices=["replay", "interval", "keep_all"])
+    attribute.add_argument("--batch-size", type=int, default=64,
+                           help="test samples per reverse pass")
+    attribute.add_argument("--top-k", type=int, default=3, help="proponents and opponents shown")
+    attribute.add_argument("--output", default=None, help="write the score matrix to this .npy")
+    attribute.set_defaults(func=cmd_attribute)
+
+    lds = sub.add_parser("lds", help="linear datamodeling score by retraining on subsets")
+    _add_run_arguments(lds)
+    lds.add_argument("--methods", default="magic", help="comma-separated methods")
+    lds.add_argument("--fractions", default="0.01,0.05,0.1", help="drop fractions, e.g. 0.01,0.05")
+    lds.add_argument("--subsets", type=int, default=50, help="retrained subsets per fraction")
+    lds.add_argument("--test-samples", type=int, default=20, help="first K test samples")
+    lds.add_argument("--measurement", default="loss", choices=["loss", "margin", "logit"])
+    lds.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
+    lds.add_argument("--json", action="store_true", help="print JSON")
+    lds.set_defaults(func=cmd_lds)
+
+    for register in _service_commands():
+        register(sub)
+    return parser
+
+
+def _service_commands() -> list[Callable]:
+    """Subcommand registrars of the service layer (serve, demo), added when present."""
+    try:
+        from service import commands
+    except ImportError:
+        return []
+    return [commands.register]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from attribution.errors import AttributionError
+
+    try:
+        return args.func(args)
+    except AttributionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
