@@ -367,6 +367,11 @@ def train(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
                 f"(lr={spec.lr}) or the output scale"
             )
         losses.append(loss)
+        if t + 1 == spec.num_steps and not torch.isfinite(state[0]).all():
+            raise DataError(
+                f"parameters became NaN or infinite at step {t}; lower the learning rate "
+                f"(lr={spec.lr}) or the output scale"
+            )
         if t + 1 in wanted:
             checkpoints[t + 1] = tuple(x.detach() for x in state)
     metrics = evaluate_metrics(trainer, checkpoints[spec.num_steps][0])

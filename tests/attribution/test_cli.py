@@ -1,0 +1,36 @@
+"""The magic-attr engine subcommands, run in-process."""
+
+import json
+
+from service.cli import main
+
+TINY = ["--recipe", "digits-mlp", "--set", "n_train=60", "--set", "n_test=10",
+        "--set", "epochs=1", "--set", "batch_size=20", "--set", "hidden=[8]"]
+
+
+def test_train_then_attribute_reuses_saved_run(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["train", *TINY, "--run-dir", run_dir]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["num_steps"] == 3
+    scores_file = str(tmp_path / "scores.npy")
+    assert main(["attribute", *TINY, "--run-dir", run_dir, "--test-indices", "0-2",
+                 "--output", scores_file]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [entry["test_index"] for entry in report["top"]] == [0, 1, 2]
+    assert len(report["top"][0]["proponents"]) == 3
+    proponent = report["top"][0]["proponents"][0]["score"]
+    opponent = report["top"][0]["opponents"][0]["score"]
+    assert proponent <= opponent
+
+
+def test_lds_prints_json(capsys):
+    assert main(["lds", *TINY, "--fractions", "0.1", "--subsets", "4", "--test-samples", "2",
+                 "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["lds"]["magic"]) == {"0.1"}
+
+
+def test_bad_index_exits_with_message(capsys):
+    assert main(["attribute", *TINY, "--test-indices", "10"]) == 2
+    assert "out of range" in capsys.readouterr().err
