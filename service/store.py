@@ -1,0 +1,248 @@
+"""Job records, run records and cached score vectors in Redis.
+
+Score vectors are stored as raw bytes with their dtype and shape beside them,
+never pickled, together with the arguments that produced them (run
+fingerprint, test index, measurement, engine version). ``get_scores`` compares
+the stored arguments with the requested ones and raises ``CacheMismatchError``
+on any difference, so a hash collision or a corrupt entry is never served.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional
+
+import numpy as np
+import redis
+
+from .keys import ACTIVE_JOBS, JobStatus, RunStatus, job_key, run_key, scores_key
+
+ALLOWED_DTYPES = ("float32", "float64")
+
+# Set the job's fields only while its status is one of ARGV[1] (a JSON list), so a
+# cancelled job is never marked succeeded and a finished job never restarts.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+local allowed = cjson.decode(ARGV[1])
+for _, value in ipairs(allowed) do
+  if value == status then
+    for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    return 1
+  end
+end
+return 0
+"""
+
+
+class StoreError(RuntimeError):
+    """Base class of errors raised while reading stored records."""
+
+
+class CacheMismatchError(StoreError):
+    """A cached score vector was stored for other arguments, or its bytes are corrupt."""
+
+
+def encode_vector(vector: np.ndarray) -> dict[str, bytes]:
+    """Return the Redis hash fields of a 1-D float array: raw bytes, dtype and shape."""
+    array = np.ascontiguousarray(vector)
+    if array.dtype.name not in ALLOWED_DTYPES:
+        raise TypeError(f"score vector has dtype {array.dtype}; expected one of {ALLOWED_DTYPES}")
+    return {
+        "data": array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(),
+        "dtype": array.dtype.name.encode(),
+        "shape": json.dumps(list(array.shape)).encode(),
+    }
+
+
+def decode_vector(fields: dict[bytes, bytes]) -> np.ndarray:
+    """Rebuild the array written by ``encode_vector``; raise CacheMismatchError if corrupt."""
+    try:
+        dtype = fields[b"dtype"].decode()
+        shape = tuple(json.loads(fields[b"shape"]))
+        data = fields[b"data"]
+    except (KeyError, ValueError) as error:
+        raise CacheMismatchError(f"cached score vector is missing a field: {error}") from None
+    if dtype not in ALLOWED_DTYPES:
+        raise CacheMismatchError(f"cached score vector has dtype {dtype!r}")
+    array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
+    if array.size != int(np.prod(shape)):
+        raise CacheMismatchError(
+            f"cached score vector holds {array.size} values but its shape is {list(shape)}"
+        )
+    return array.reshape(shape).astype(dtype)
+
+
+def _text(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in fields.items()}
+
+
+class Store:
+    """Typed access to the service's Redis keys; safe to share between threads."""
+
+    def __init__(self, client: redis.Redis, score_ttl_s: int = 0, job_ttl_s: int = 0) -> None:
+        self.client = client
+        self.score_ttl_s = score_ttl_s
+        self.job_ttl_s = job_ttl_s
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str, score_ttl_s: int = 0, job_ttl_s: int = 0) -> "Store":
+        client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=30,
+                                      socket_connect_timeout=10)
+        return cls(client, score_ttl_s=score_ttl_s, job_ttl_s=job_ttl_s)
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------ runs
+    def get_run(self, run_id: str) -> Optional[dict[str, Any]]:
+        """Return the run record with JSON fields decoded, or None if unknown."""
+        fields = self.client.hgetall(run_key(run_id))
+        if not fields:
+            return None
+        record: dict[str, Any] = _text(fields)
+        for name in ("overrides", "spec", "metrics"):
+            record[name] = json.loads(record[name]) if record.get(name) else None
+        for name in ("n_train", "n_test"):
+            record[name] = int(record[name]) if record.get(name) else None
+        return record
+
+    def start_run(self, run_id: str, recipe: str, overrides: dict, spec: dict,
+                  n_train: int, n_test: int) -> bool:
+        """Mark a run as training unless it is training or ready; return True if marked."""
+        key = run_key(run_id)
+        created = self.client.hsetnx(key, "status", RunStatus.TRAINING.value)
+        if not created:
+            allowed = [RunStatus.FAILED.value]
+            fields = ["status", RunStatus.TRAINING.value, "error", ""]
+            if not self._transition(keys=[key], args=[json.dumps(allowed), *fields]):
+                return False
+        now = str(time.time())
+        self.client.hset(key, mapping={
+            "run_id": run_id, "recipe": recipe, "overrides": json.dumps(overrides),
+            "spec": json.dumps(spec), "n_train": n_train, "n_test": n_test,
+            "created_at": now, "updated_at": now,
+        })
+        return True
+
+    def training_run_ids(self) -> list[str]:
+        """Return the ids of runs whose record says they are still training."""
+        ids = []
+        for key in self.client.scan_iter(match=run_key("*"), count=500):
+            if self.client.hget(key, "status") == RunStatus.TRAINING.value.encode():
+                ids.append(key.decode()[len(run_key("")):])
+        return sorted(ids)
+
+    def finish_run(self, run_id: str, status: RunStatus, **fields: Any) -> None:
+        """Set the run's final status and fields (``metrics`` is stored as JSON)."""
+        if "metrics" in fields:
+            fields["metrics"] = json.dumps(fields["metrics"])
+        mapping = {"status": status.value, "updated_at": str(time.time()), **fields}
+        self.client.hset(run_key(run_id), mapping={k: str(v) for k, v in mapping.items()})
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, job_id: str, fields: dict[str, Any]) -> None:
+        mapping = {"status": JobStatus.QUEUED.value, "done": 0, "cached": 0, "replayed": 0,
+                   "error": "", "created_at": time.time(), **fields}
+        mapping = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                   for k, v in mapping.items()}
+        pipe = self.client.pipeline()
+        pipe.hset(job_key(job_id), mapping=mapping)
+        pipe.sadd(ACTIVE_JOBS, job_id)
+        pipe.execute()
+
+    def get_job(self, job_id: str) -> Optional[dict[str, Any]]:
+        """Return the job record with numbers and lists decoded, or None if unknown."""
+        fields = self.client.hgetall(job_key(job_id))
+        if not fields:
+            return None
+        record: dict[str, Any] = _text(fields)
+        record["test_indices"] = json.loads(record["test_indices"])
+        for name in ("total", "done", "cached", "replayed"):
+            record[name] = int(record.get(name) or 0)
+        for name in ("created_at", "started_at", "finished_at"):
+            record[name] = float(record[name]) if record.get(name) else None
+        record["status"] = JobStatus(record["status"])
+        return record
+
+    def job_status(self, job_id: str) -> Optional[JobStatus]:
+        value = self.client.hget(job_key(job_id), "status")
+        return JobStatus(value.decode()) if value else None
+
+    def active_job_count(self) -> int:
+        return int(self.client.scard(ACTIVE_JOBS))
+
+    def active_job_ids(self) -> list[str]:
+        return sorted(member.decode() for member in self.client.smembers(ACTIVE_JOBS))
+
+    def transition_job(self, job_id: str, allowed: tuple[JobStatus, ...], status: JobStatus,
+                       **fields: Any) -> bool:
+        """Set ``status`` and ``fields`` only if the current status is in ``allowed``.
+
+        Returns True if the job moved. A finished job leaves the active set and
+        gets the configured expiry.
+        """
+        args = [json.dumps([s.value for s in allowed]), "status", status.value]
+        for name, value in fields.items():
+            args.extend([name, str(value)])
+        moved = bool(self._transition(keys=[job_key(job_id)], args=args))
+        if moved and status.finished:
+            pipe = self.client.pipeline()
+            pipe.srem(ACTIVE_JOBS, job_id)
+            if self.job_ttl_s:
+                pipe.expire(job_key(job_id), self.job_ttl_s)
+            pipe.execute()
+        return moved
+
+    def add_job_progress(self, job_id: str, done: int = 0, replayed: int = 0) -> None:
+        pipe = self.client.pipeline()
+        if done:
+            pipe.hincrby(job_key(job_id), "done", done)
+        if replayed:
+            pipe.hincrby(job_key(job_id), "replayed", replayed)
+        pipe.execute()
+
+    def set_job_fields(self, job_id: str, **fields: Any) -> None:
+        self.client.hset(job_key(job_id), mapping={k: str(v) for k, v in fields.items()})
+
+    # ---------------------------------------------------------------- scores
+    def put_scores(self, arguments: dict, vector: np.ndarray) -> None:
+        """Store one test sample's score vector, shape (n_train,), under its cache key."""
+        key = scores_key(arguments)
+        mapping = {**encode_vector(vector), "arguments": json.dumps(arguments, sort_keys=True),
+                   "created_at": str(time.time())}
+        pipe = self.client.pipeline()
+        pipe.delete(key)
+        pipe.hset(key, mapping=mapping)
+        if self.score_ttl_s:
+            pipe.expire(key, self.score_ttl_s)
+        pipe.execute()
+
+    def get_scores(self, arguments: dict) -> Optional[np.ndarray]:
+        """Return the cached vector for ``arguments``, or None if absent or expired.
+
+        Raises CacheMismatchError if the entry was stored for other arguments or
+        its bytes do not match its dtype and shape.
+        """
+        fields = self.client.hgetall(scores_key(arguments))
+        if not fields:
+            return None
+        stored = json.loads(fields.get(b"arguments", b"null"))
+        if stored != arguments:
+            raise CacheMismatchError(
+                f"cache entry {scores_key(arguments)} was stored for {stored}, "
+                f"not for the requested {arguments}; delete the key to recompute it"
+            )
+        return decode_vector(fields)
+
+    def missing_scores(self, arguments: list[dict]) -> list[int]:
+        """Return the positions in ``arguments`` whose score vector is not cached."""
+        pipe = self.client.pipeline()
+        for item in arguments:
+            pipe.exists(scores_key(item))
+        return [q for q, present in enumerate(pipe.execute()) if not present]
