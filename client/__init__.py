@@ -1,0 +1,18 @@
+"""Python SDK of the attribution service (sync and async, over httpx).
+
+Needs only httpx, numpy and tqdm: neither torch nor ray is imported.
+"""
+
+from ._async import AsyncAttributionClient
+from ._base import DEFAULT_BASE_URL, RetryPolicy
+from ._errors import (APIError, AttributionClientError, ConflictError, JobFailedError,
+                      NotFoundError, RequestValidationError, RunFailedError,
+                      ServiceConnectionError, ServiceUnavailableError, WaitTimeoutError)
+from ._sync import AttributionClient
+
+__all__ = [
+    "APIError", "AsyncAttributionClient", "AttributionClient", "AttributionClientError",
+    "ConflictError", "DEFAULT_BASE_URL", "JobFailedError", "NotFoundError",
+    "RequestValidationError", "RetryPolicy", "RunFailedError", "ServiceConnectionError",
+    "ServiceUnavailableError", "WaitTimeoutError",
+]

@@ -1,0 +1,78 @@
+"""Request building, response parsing and the retry policy shared by both clients."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import httpx
+import numpy as np
+
+from ._errors import STATUS_ERRORS, APIError
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of one request on connection errors and HTTP 503.
+
+    The delay before retry n (from 0) is ``min(max_delay, base_delay * 2**n)``
+    with up to 10% jitter, or the server's ``Retry-After`` when it sends one.
+    POST requests are retried only when the connection failed before anything
+    was sent, so a job is never submitted twice.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        if retry_after is not None:
+            return min(self.max_delay, retry_after)
+        backoff = min(self.max_delay, self.base_delay * 2 ** attempt)
+        return backoff * (1 + 0.1 * random.random())
+
+
+def should_retry(method: str, error: Optional[Exception], response: Optional[httpx.Response]
+                 ) -> bool:
+    """Return True if a request that raised ``error`` or got ``response`` may be repeated."""
+    if response is not None:
+        return response.status_code == 503
+    if isinstance(error, httpx.ConnectError):
+        return True
+    return method != "POST" and isinstance(error, httpx.TransportError)
+
+
+def retry_after_seconds(response: httpx.Response) -> Optional[float]:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Raise the APIError subclass matching an HTTP error response."""
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    error_class = STATUS_ERRORS.get(response.status_code, APIError)
+    raise error_class(response.status_code, detail, retry_after=retry_after_seconds(response),
+                      method=response.request.method, url=str(response.request.url))
+
+
+def job_body(run_id: str, test_indices, measurement: str) -> dict[str, Any]:
+    return {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
+            "measurement": measurement}
+
+
+def load_npy(content: bytes) -> np.ndarray:
+    """Parse a .npy response body; object arrays are rejected (no pickle)."""
+    return np.load(io.BytesIO(content), allow_pickle=False)
