@@ -4,7 +4,7 @@
 
     AttributionClientError
     ├── ServiceConnectionError   the service could not be reached, retries exhausted
-    ├── APIError                 the service answered with an HTTP error
+    ├── APIError                 the service returned an HTTP error
     │   ├── NotFoundError        404: unknown run or job id
     │   ├── ConflictError        409: run still training or failed, job not finished
     │   ├── RequestValidationError  422: invalid request, ``errors`` names the fields
@@ -28,7 +28,7 @@ class ServiceConnectionError(AttributionClientError):
 
 
 class APIError(AttributionClientError):
-    """The service answered with an HTTP error status.
+    """The service returned an HTTP error status.
 
     Attributes:
         status_code: the HTTP status.

@@ -35,7 +35,7 @@ RESTART_MESSAGE = "the service restarted before this finished; submit it again"
 
 
 class Backend(Protocol):
-    """What the routes need from the compute side."""
+    """Interface of the compute side that the routes call."""
 
     def submit_training(self, run_id: str, spec: dict, fingerprint: str) -> None: ...
     def submit_job(self, job_id: str) -> None: ...
@@ -135,7 +135,7 @@ router = APIRouter()
 # ------------------------------------------------------------------ health
 @router.get("/healthz", response_model=Health)
 def healthz(store: StoreDep, backend: BackendDep) -> JSONResponse:
-    """Report whether Redis answers PING and Ray is connected; 503 if either is down."""
+    """Report whether Redis replies to PING and Ray is connected; 503 if either is down."""
     try:
         redis_health = ComponentHealth(ok=store.ping())
     except Exception as error:  # noqa: BLE001 - any Redis failure is reported, not raised
@@ -154,8 +154,8 @@ def create_run(body: RunCreate, response: Response, store: StoreDep, backend: Ba
                settings: SettingsDep) -> RunCreated:
     """Create a training run from a recipe and train it in the background.
 
-    The same recipe and overrides always give the same run id; an existing ready
-    run is returned as is (200) and a failed one is trained again (202).
+    The same recipe and overrides always give the same run id. An existing ready
+    run is returned as is (200), and a failed one is trained again (202).
     """
     import attribution
 

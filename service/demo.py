@@ -1,9 +1,9 @@
 """``magic-attr demo``: MNIST attribution end to end through the embedded service.
 
 Starts a private Redis (append-only file in ``<storage>/redis``) and a local
-Ray, serves the API on a loopback port, trains ``mnist-mlp`` as a Ray task,
-submits one attribution job through the Python client and prints each test
-image's strongest proponents and opponents. Both the run and the scores
+Ray, and serves the API on a loopback port. It then trains ``mnist-mlp`` as a
+Ray task, submits one attribution job through the Python client and prints
+each test image's strongest proponents and opponents. Both the run and the scores
 persist in the storage folder, so a second demo is answered from the cache.
 """
 

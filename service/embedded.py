@@ -62,7 +62,7 @@ class EmbeddedRedis:
         return f"unix://{self._socket_dir / 'redis.sock'}"
 
     def start(self, timeout: float = 15.0) -> str:
-        """Start the server and wait until it answers PING; return its ``unix://`` URL."""
+        """Start the server and wait until it replies to PING; return its ``unix://`` URL."""
         self._socket_dir = Path(tempfile.mkdtemp(prefix="magic-redis-"))
         socket_path = self._socket_dir / "redis.sock"
         command = [str(redis_server_binary()), "--port", "0",
@@ -137,4 +137,4 @@ class EmbeddedRedis:
         finally:
             client.close()
         self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer within {timeout:g} s")
+        raise EmbeddedRedisError(f"redis-server did not reply to PING within {timeout:g} s; see its log")

@@ -4,7 +4,7 @@ Sign convention of every score in these models: ``scores[q, i]`` is the
 derivative of test sample q's measurement with respect to training example i's
 data weight, at weight 1. Removing example i changes the measurement by about
 ``-scores[q, i]``. For the loss measurement a negative score marks a proponent
-(the example lowers the test loss) and a positive score an opponent; for the
+(the example lowers the test loss) and a positive score an opponent. For the
 margin and logit measurements the signs are the other way round.
 """
 
@@ -107,7 +107,7 @@ class JobPublic(BaseModel):
         description="'queued', 'running', 'succeeded', 'failed' or 'cancelled'.")
     measurement: Measurement
     progress: Progress
-    cached: int = Field(description="Test samples answered from the cache without replay.")
+    cached: int = Field(description="Test samples whose scores came from the cache, without replay.")
     replayed: int = Field(description="Test samples computed by replay workers for this job.")
     error: Optional[str] = Field(default=None, description="Why the job failed.")
     created_at: float = Field(description="Submission time, seconds since the Unix epoch.")

@@ -69,7 +69,7 @@ def decode_vector(fields: dict[bytes, bytes]) -> np.ndarray:
     array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
     if array.size != int(np.prod(shape)):
         raise CacheMismatchError(
-            f"cached score vector holds {array.size} values but its shape is {list(shape)}"
+            f"cached score vector contains {array.size} values but its shape is {list(shape)}"
         )
     return array.reshape(shape).astype(dtype)
 
@@ -131,7 +131,7 @@ class Store:
         return True
 
     def training_run_ids(self) -> list[str]:
-        """Return the ids of runs whose record says they are still training."""
+        """Return the ids of runs whose status is still training."""
         ids = []
         for key in self.client.scan_iter(match=run_key("*"), count=500):
             if self.client.hget(key, "status") == RunStatus.TRAINING.value.encode():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+# Imported before any test module imports ray, so a local Ray binds loopback only.
+import workers  # noqa: F401
 from service.embedded import EmbeddedRedis
 
 

@@ -2,13 +2,15 @@
 
 With no ``RAY_ADDRESS`` a private single-node Ray starts on loopback: Ray 2.60
 binds the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is
-set, and it turns token authentication on unless ``RAY_AUTH_MODE=disabled``.
-``ray.init`` replaces the process's SIGTERM handler, so the caller's handler
-(uvicorn's, for a clean shutdown) is restored afterwards.
+set when ray is imported (``workers/__init__.py`` sets it), and it turns token
+authentication on unless ``RAY_AUTH_MODE=disabled``. ``ray.init`` replaces the
+process's SIGTERM handler, so the caller's handler (uvicorn's, for a clean
+shutdown) is restored afterwards.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -21,12 +23,6 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-LOCAL_RAY_ENVIRONMENT = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
-
 
 def start_ray(settings: "Settings") -> bool:
     """Connect to ``settings.ray_address`` or start a local Ray; return True if started here.
@@ -44,14 +40,14 @@ def start_ray(settings: "Settings") -> bool:
         if settings.ray_address:
             ray.init(address=settings.ray_address, log_to_driver=False)
         else:
-            for name, value in LOCAL_RAY_ENVIRONMENT.items():
-                os.environ.setdefault(name, value)
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(
                 num_cpus=settings.ray_num_cpus,
                 object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
                 include_dashboard=settings.ray_dashboard,
                 log_to_driver=False,
             )
+            _require_loopback()
     finally:
         _restore_sigterm(previous_handler)
     where = settings.ray_address or "a local Ray on loopback"
@@ -79,6 +75,19 @@ def ray_health() -> dict:
 
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0.0) >= 1
+
+
+def _require_loopback() -> None:
+    """Stop the local Ray and raise if it bound an address other than loopback."""
+    address = ray.util.get_node_ip_address()
+    if ipaddress.ip_address(address).is_loopback:
+        return
+    ray.shutdown()
+    raise RuntimeError(
+        f"the local Ray bound {address}, not loopback, because ray was imported before "
+        "the workers package set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; import workers "
+        "first or export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+    )
 
 
 def _restore_sigterm(handler) -> None:

@@ -1,10 +1,11 @@
 """Job coordinators and training supervisors that drive Ray from the service process.
 
 ``RayBackend`` owns one thread per training run in progress and a queue of
-attribution jobs. A ``JobCoordinator`` looks every test sample up in the cache,
-splits the misses into shards, hands the shards to replay workers (Ray actors,
-one GPU each when the cluster has GPUs), tracks progress and cancellation, and
-marks the job succeeded only after every score vector reads back from Redis.
+attribution jobs. A ``JobCoordinator`` looks every test sample up in the cache
+and splits the misses into shards. It hands the shards to replay workers (Ray
+actors, one GPU each when the cluster has GPUs) and tracks progress and
+cancellation. It marks the job succeeded only after every score vector reads
+back from Redis.
 Every wait on Ray has a timeout, and any failure marks the job failed with the
 reason, so no job stays running forever.
 """

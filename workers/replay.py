@@ -37,7 +37,7 @@ class ReplayWorker:
         self.run = attribution.TrainingRun.load(run_folder)
         if self.run.fingerprint != fingerprint:
             raise attribution.DataError(
-                f"run folder {run_folder} holds fingerprint {self.run.fingerprint[:16]}, "
+                f"run folder {run_folder} contains fingerprint {self.run.fingerprint[:16]}, "
                 f"expected {fingerprint[:16]}; train the run again"
             )
         self.store = Store.from_url(redis_url, score_ttl_s=score_ttl_s)

@@ -48,7 +48,7 @@ def api(store, backend, redis_base_url, tmp_path):
 
 @pytest.fixture
 def ready_run(api, store, backend, tmp_path):
-    """A run whose record says ready, with a labels file but no checkpoints."""
+    """A run with status ready, a labels file and no checkpoints."""
     run_id = api.post("/v1/runs", json={"recipe": "digits-mlp", "overrides": TINY}).json()["run_id"]
     fingerprint = backend.trainings[-1][1]
     folder = runs.run_folder(tmp_path / "runs", run_id)
