@@ -76,11 +76,10 @@ class JobCoordinator:
         try:
             self._run(started)
         except JobCancelled:
-            status = self.store.job_status(self.job_id)
-            if status != JobStatus.CANCELLED:
+            if self.store.job_status(self.job_id) != JobStatus.CANCELLED:
                 self._fail(SHUTDOWN_MESSAGE)
             logger.info("job %s stopped (%s) after %.2f s", self.job_id,
-                        self.store.job_status(self.job_id).value, time.perf_counter() - started)
+                        self.store.job_status(self.job_id), time.perf_counter() - started)
         except Exception as error:  # noqa: BLE001 - every failure must reach the job record
             logger.exception("job %s failed after %.2f s", self.job_id,
                              time.perf_counter() - started)
