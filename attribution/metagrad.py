@@ -10,11 +10,12 @@ through training, t = T-1 .. 0:
 3. ``Delta_t`` = the optimizer's direct adjoint + ``H_t g_bar`` (one
    Hessian-vector product of the step loss).
 
-Steps 2 and 3 come from one reverse-over-forward pass: a forward-mode JVP of
-the per-example losses in direction ``g_bar`` gives ``<grad loss_i, g_bar>`` for
-every i at once, and the gradient of their weighted sum is ``H_t g_bar``. The K
-adjoints are carried with ``torch.func.vmap``, so the primal forward and the
-replayed states are shared by all test samples.
+Steps 2 and 3 come from one double-backward pass: the gradient of
+``<g_t, g_bar>`` w.r.t. theta is ``H_t g_bar`` and w.r.t. the batch's data weights
+is ``<grad loss_i, g_bar> / b``. The K adjoints are carried as a leading
+dimension (``is_grads_batched``, which vmaps the backward pass), so the
+replayed states and the forward graph of each step are shared by all test
+samples.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import grad, vmap
 
 from .checkpointing import ReplayStats, reverse_states
 from .errors import AdjointError, SpecError
@@ -60,7 +61,7 @@ def attribute(run: TrainingRun, test_indices: Iterable[int], measurement: str = 
         test_indices: indices into the recipe's test split; no duplicates.
         measurement: 'loss' (default), 'margin' or 'logit' (of the correct class).
         policy: 'replay' (lazy k-ary tree, default), 'interval' or 'keep_all'.
-        k: branching factor of 'replay' (default 4) or segment length of 'interval'
+        k: branching factor of 'replay' (default ceil(T^(1/3))) or segment length of 'interval'
             (default sqrt(T)).
         batch_size: test samples carried together in one reverse pass; bounds memory
             at about ``3 * batch_size`` vectors of the parameter count.
@@ -188,31 +189,31 @@ def _manual_step(trainer: Trainer, state: State, t: int, adjoint: State
     """One reverse step with the optimizer's hand-written adjoint."""
     idx, x, y, w = trainer.batch(t)
     lr = trainer.lr(t)
-    g = trainer.gradient(state[0], t)[0] if trainer.optimizer.needs_gradient_in_vjp else None
-    g_bar, direct = trainer.optimizer.vjp(state, g, t, lr, adjoint)
-    hvp, directional = _hvp_and_directional(trainer, state[0], g_bar, x, y, w)
-    contribution = directional / trainer.spec.batch_size
+    with torch.enable_grad():
+        theta = state[0].detach().requires_grad_(True)
+        w_batch = w.detach().clone().requires_grad_(True)
+        loss = trainer.batch_loss(theta, x, y, w_batch)
+        (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+        g_bar, direct = trainer.optimizer.vjp(state, g.detach(), t, lr, adjoint)
+        hvp, contribution = _second_order(g, theta, w_batch, g_bar)
     return (direct[0] + hvp, *direct[1:]), contribution, idx
 
 
-def _hvp_and_directional(trainer: Trainer, theta: torch.Tensor, tangents: torch.Tensor,
-                         x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (H @ v, <grad loss_i, v>) for each row v of ``tangents`` (K, P).
+def _second_order(g: torch.Tensor, theta: torch.Tensor, w_batch: torch.Tensor,
+                  g_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (H @ v, d<g, v>/dw_batch) for each row v of ``g_bar`` (K, P).
 
-    Shapes: H @ v is (K, P); the directional derivatives are (K, B).
+    Because ``g = sum_i w_i grad loss_i / b``, the derivative of ``<g, v>`` w.r.t.
+    ``w_i`` is ``<grad loss_i, v> / b``: the score contribution of example i. One
+    double-backward pass thus gives both the Hessian-vector product (K, P) and
+    the contributions (K, B).
     """
-    batch_size = trainer.spec.batch_size
-
-    def weighted_directional(theta_, tangent):
-        def losses(p):
-            return trainer.per_example_losses(p, x, y)
-
-        _, directional = jvp(losses, (theta_,), (tangent,))
-        return (w * directional).sum() / batch_size, directional
-
-    hvp_fn = grad(weighted_directional, argnums=0, has_aux=True)
-    return vmap(hvp_fn, in_dims=(None, 0))(theta, tangents)
+    if g_bar.shape[0] == 1:
+        hvp, contribution = torch.autograd.grad(g, (theta, w_batch), g_bar[0],
+                                                materialize_grads=True)
+        return hvp.unsqueeze(0), contribution.unsqueeze(0)
+    return torch.autograd.grad(g, (theta, w_batch), g_bar, is_grads_batched=True,
+                               materialize_grads=True)
 
 
 def _generic_step(trainer: Trainer, state: State, t: int, adjoint: State
