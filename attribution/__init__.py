@@ -14,10 +14,13 @@ from .errors import AdjointError, AttributionError, DataError, SpecError, TestIn
 from .lds import LDSResult, evaluate_lds  # noqa: E402
 from .metagrad import attribute, attribute_with_stats, predict_removal  # noqa: E402
 from .spec import TrainingSpec  # noqa: E402
-from .training import TrainingRun, train  # noqa: E402
+from .training import (  # noqa: E402
+    MEASUREMENTS, TrainingRun, check_test_indices, run_fingerprint, train,
+)
 
 __all__ = [
-    "AdjointError", "AttributionError", "DataError", "LDSResult", "SpecError", "TestIndexError",
+    "AdjointError", "AttributionError", "DataError", "LDSResult", "MEASUREMENTS", "SpecError",
+    "TestIndexError", "check_test_indices", "run_fingerprint",
     "TrainingRun", "TrainingSpec", "attribute", "attribute_with_stats", "evaluate_lds",
     "predict_removal", "recipes", "train",
 ]

@@ -83,7 +83,8 @@ def retrain_measurements(run: TrainingRun, subsets: np.ndarray, test_indices: li
     for removed in iterator:
         weights = run.data_weights.clone()
         weights[torch.as_tensor(removed)] = 0
-        retrained = train(run.spec, data_weights=weights, keep_checkpoints=False)
+        retrained = train(run.spec, data_weights=weights, keep_checkpoints=False,
+                          device=run.device)
         rows.append(retrained.measure(test_indices, "loss" if measurement is None else measurement)
                     .to(torch.float64).numpy())
     return np.stack(rows)

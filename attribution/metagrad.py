@@ -98,7 +98,8 @@ def attribute_with_stats(run: TrainingRun, test_indices: Iterable[int],
     started = time.perf_counter()
     stats = ReplayStats()
     if seed_weights is not None:
-        coefficients = torch.as_tensor(seed_weights, dtype=run.trainer.dtype)
+        coefficients = torch.as_tensor(seed_weights, dtype=run.trainer.dtype,
+                                       device=run.trainer.device)
         if coefficients.shape != (len(indices),):
             raise SpecError(f"seed_weights has shape {tuple(coefficients.shape)}, "
                             f"expected ({len(indices)},)")
@@ -152,7 +153,7 @@ def _initial_adjoint(trainer: Trainer, theta_final: torch.Tensor, indices: list[
                      measurement: str, coefficients: Optional[torch.Tensor]) -> torch.Tensor:
     """Per-sample gradients of the measurement at theta_T, shape (K, P)."""
     phi = trainer.measurement_fn(measurement)
-    idx = torch.tensor(indices)
+    idx = torch.tensor(indices, device=trainer.device)
     grads = vmap(grad(phi), in_dims=(None, 0, 0))(theta_final, trainer.x_test[idx],
                                                   trainer.y_test[idx])
     if coefficients is not None:
@@ -169,7 +170,7 @@ def _reverse_pass(run: TrainingRun, indices: list[int], measurement: str, policy
     adjoint: State = (adjoint_theta,) + tuple(
         torch.zeros_like(adjoint_theta) for _ in trainer.optimizer.buffer_names
     )
-    scores = torch.zeros(num_samples, run.n_train, dtype=trainer.dtype)
+    scores = torch.zeros(num_samples, run.n_train, dtype=trainer.dtype, device=trainer.device)
     states = reverse_states(trainer, run.checkpoints[0], run.num_steps, policy, k, stats,
                             stored=run.checkpoints)
     if progress:

@@ -13,6 +13,7 @@ thread count.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -45,13 +46,16 @@ class Trainer:
     """
 
     def __init__(self, spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
-                 dataset: Optional[Dataset] = None) -> None:
+                 dataset: Optional[Dataset] = None, device: str | torch.device = "cpu") -> None:
         self.spec = spec
         self.dataset = dataset if dataset is not None else load_dataset(
             spec.dataset, spec.n_train, spec.n_test
         )
         self.dtype = spec.torch_dtype
-        self.x_train, self.y_train, self.x_test, self.y_test = self.dataset.tensors(self.dtype)
+        self.device = torch.device(device)
+        self.x_train, self.y_train, self.x_test, self.y_test = (
+            tensor.to(self.device) for tensor in self.dataset.tensors(self.dtype)
+        )
         self.model: FlatModel = build_model(
             spec.architecture,
             self.dataset.input_shape,
@@ -62,7 +66,8 @@ class Trainer:
         )
         self.optimizer: Optimizer = make_optimizer(spec)
         self.lr = learning_rate_schedule(spec)
-        self.weights = check_data_weights(data_weights, self.dataset.n_train, self.dtype)
+        self.weights = check_data_weights(data_weights, self.dataset.n_train,
+                                          self.dtype).to(self.device)
         self.order = batch_order(spec)
         self._grad_and_loss = grad_and_value(self.batch_loss)
 
@@ -90,7 +95,7 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def initial_state(self) -> State:
         theta = self.model.initial_parameters(self.spec.seed, self.dtype)
-        return self.optimizer.init_state(theta)
+        return self.optimizer.init_state(theta.to(self.device))
 
     def advance(self, state: State, t: int) -> State:
         g, _ = self.gradient(state[0], t)
@@ -225,20 +230,30 @@ class TrainingRun:
     @property
     def trainer(self) -> Trainer:
         if self._trainer is None:
-            self._trainer = Trainer(self.spec, self.data_weights)
+            self._trainer = Trainer(self.spec, self.data_weights, device=self.device)
         return self._trainer
+
+    @property
+    def device(self) -> torch.device:
+        return self.checkpoints[0][0].device
+
+    def to(self, device: str | torch.device) -> "TrainingRun":
+        """Return a copy whose checkpoints, weights and data live on ``device``."""
+        return TrainingRun(
+            spec=self.spec,
+            data_weights=self.data_weights.to(device),
+            checkpoints={t: tuple(x.to(device) for x in state)
+                         for t, state in self.checkpoints.items()},
+            metrics=dict(self.metrics),
+            dataset_hash=self.dataset_hash,
+            engine_version=self.engine_version,
+        )
 
     @property
     def fingerprint(self) -> str:
         """Hash of the canonical spec, the dataset's content and non-default data weights."""
-        base = self.spec.fingerprint(self.dataset_hash)
-        if torch.all(self.data_weights == 1):
-            return base
-        import hashlib
-
-        digest = hashlib.sha256(base.encode())
-        digest.update(self.data_weights.to(torch.float64).numpy().tobytes())
-        return digest.hexdigest()
+        return fingerprint_with_weights(self.spec.fingerprint(self.dataset_hash),
+                                        self.data_weights)
 
     @property
     def num_steps(self) -> int:
@@ -279,10 +294,10 @@ class TrainingRun:
         """Write ``spec.json``, ``run.json`` and ``tensors.pt`` (tensors only) to ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"data_weights": self.data_weights}
+        tensors = {"data_weights": self.data_weights.cpu()}
         for t, state in self.checkpoints.items():
             for j, tensor in enumerate(state):
-                tensors[f"checkpoint/{t}/{j}"] = tensor
+                tensors[f"checkpoint/{t}/{j}"] = tensor.cpu()
         tmp = folder / "tensors.pt.tmp"
         torch.save(tensors, tmp)
         tmp.replace(folder / "tensors.pt")
@@ -299,15 +314,20 @@ class TrainingRun:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TrainingRun":
-        """Load a run saved by ``save``; tensors are read with ``weights_only=True``."""
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TrainingRun":
+        """Load a run saved by ``save`` onto ``device``.
+
+        Tensors are read with ``weights_only=True``, so nothing in the folder is unpickled
+        as code. Raises FileNotFoundError for a missing file and DataError when the
+        stored fingerprint does not match the loaded spec and weights.
+        """
         folder = Path(folder)
         for name in ("spec.json", "run.json", "tensors.pt"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"training run folder {folder} has no {name}")
         spec = TrainingSpec.from_dict(json.loads((folder / "spec.json").read_text()))
         meta = json.loads((folder / "run.json").read_text())
-        tensors = torch.load(folder / "tensors.pt", weights_only=True)
+        tensors = torch.load(folder / "tensors.pt", weights_only=True, map_location=device)
         checkpoints: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for key, tensor in tensors.items():
             if key.startswith("checkpoint/"):
@@ -330,6 +350,25 @@ class TrainingRun:
         return run
 
 
+def fingerprint_with_weights(base: str, data_weights: torch.Tensor) -> str:
+    """Extend a spec fingerprint with the data weights unless they are all ones."""
+    if torch.all(data_weights == 1):
+        return base
+    digest = hashlib.sha256(base.encode())
+    digest.update(data_weights.detach().to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None) -> str:
+    """Return the fingerprint that ``train(spec, data_weights)`` will give, without training.
+
+    Loads the dataset to hash its content (the arrays are cached after the first call).
+    """
+    dataset = load_dataset(spec.dataset, spec.n_train, spec.n_test)
+    weights = check_data_weights(data_weights, dataset.n_train, spec.torch_dtype)
+    return fingerprint_with_weights(spec.fingerprint(dataset.content_hash()), weights)
+
+
 def checkpoint_steps(spec: TrainingSpec) -> set[int]:
     steps = {0, spec.num_steps}
     if spec.checkpoint_every:
@@ -338,7 +377,8 @@ def checkpoint_steps(spec: TrainingSpec) -> set[int]:
 
 
 def train(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
-          progress: bool = False, keep_checkpoints: bool = True) -> TrainingRun:
+          progress: bool = False, keep_checkpoints: bool = True,
+          device: str | torch.device = "cpu") -> TrainingRun:
     """Train ``spec`` deterministically with per-example ``data_weights`` (default all ones).
 
     Returns a TrainingRun whose checkpoints hold the states at step 0, at every
@@ -349,7 +389,7 @@ def train(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
     if not isinstance(spec, TrainingSpec):
         raise SpecError(f"train expects a TrainingSpec, got {type(spec).__name__}")
     started = time.perf_counter()
-    trainer = Trainer(spec, data_weights)
+    trainer = Trainer(spec, data_weights, device=device)
     wanted = checkpoint_steps(spec) if keep_checkpoints else {0, spec.num_steps}
     state = trainer.initial_state()
     checkpoints: dict[int, State] = {0: state}

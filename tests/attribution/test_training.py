@@ -223,3 +223,22 @@ def test_lds_is_high_on_smooth_tiny_run():
     assert result.actual[0.1].shape == (12, 4)
     assert result.lds[0.02] > 0.9
     assert result.lds[0.1] > 0.9
+
+
+def test_run_fingerprint_predicts_trained_fingerprint():
+    spec = tiny_spec()
+    weights = torch.ones(spec.n_train, dtype=torch.float64)
+    weights[2] = 0
+    assert attribution.run_fingerprint(spec) == attribution.train(spec).fingerprint
+    assert (attribution.run_fingerprint(spec, weights)
+            == attribution.train(spec, data_weights=weights).fingerprint)
+
+
+def test_run_moves_between_devices_unchanged(tmp_path):
+    run = attribution.train(tiny_spec())
+    moved = run.to("cpu")
+    assert moved.device == torch.device("cpu")
+    assert torch.equal(attribution.attribute(moved, [0]), attribution.attribute(run, [0]))
+    run.save(tmp_path)
+    loaded = attribution.TrainingRun.load(tmp_path, device="cpu")
+    assert loaded.device == torch.device("cpu")
