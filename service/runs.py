@@ -29,10 +29,9 @@ def run_fingerprint(spec) -> str:
     Loads the dataset to hash its content; the loader caches it, so later calls
     for the same dataset are cheap.
     """
-    from attribution.data import load_dataset
+    import attribution
 
-    dataset = load_dataset(spec.dataset, spec.n_train, spec.n_test)
-    return spec.fingerprint(dataset.content_hash())
+    return attribution.run_fingerprint(spec)
 
 
 def run_id_from_fingerprint(fingerprint: str) -> str:

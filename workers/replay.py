@@ -32,9 +32,11 @@ class ReplayWorker:
         self.measurement = measurement
         self.batch_size = batch_size
         self.engine_version = attribution.__version__
-        # NOTE: the engine computes on the CPU only, so a worker that was granted a GPU
-        # still replays on the CPU until the engine accepts a device.
-        self.run = attribution.TrainingRun.load(run_folder)
+        import torch
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPU it granted, so "cuda" is that GPU.
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.run = attribution.TrainingRun.load(run_folder, device=device)
         if self.run.fingerprint != fingerprint:
             raise attribution.DataError(
                 f"run folder {run_folder} contains fingerprint {self.run.fingerprint[:16]}, "
@@ -43,8 +45,8 @@ class ReplayWorker:
         self.store = Store.from_url(redis_url, score_ttl_s=score_ttl_s)
 
     def ready(self) -> dict:
-        """Return the worker's process id and GPU ids once the run is loaded."""
-        return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids()}
+        """Return the worker's process id, GPU ids and compute device once the run is loaded."""
+        return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(), "device": str(self.run.device)}
 
     def run_shard(self, shard_id: int, test_indices: list[int]) -> dict:
         """Replay ``test_indices`` in batches of ``batch_size`` and cache each score vector.
