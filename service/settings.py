@@ -38,10 +38,12 @@ class Settings(BaseSettings):
         default=Path("magic-data"),
         description="Folder for training runs and the embedded Redis's append-only file.",
     )
-    shard_size: int = Field(default=8, ge=1, le=4096,
-                            description="Test samples per shard handed to one replay worker.")
+    shard_size: int = Field(
+        default=64, ge=1, le=4096,
+        description="Maximum test samples per shard handed to one replay worker; a job's "
+                    "misses are split evenly over at least MAGIC_REPLAY_WORKERS shards.")
     replay_batch_size: int = Field(
-        default=8, ge=1, le=4096,
+        default=32, ge=1, le=4096,
         description="Test samples carried together in one vmapped reverse pass.",
     )
     replay_workers: int = Field(default=2, ge=1, le=1024,

@@ -13,6 +13,7 @@ reason, so no job stays running forever.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -41,6 +42,17 @@ SHUTDOWN_MESSAGE = "the service shut down before this finished; submit it again"
 
 class JobCancelled(Exception):
     """The job was cancelled or the service is shutting down."""
+
+
+def shard_length(missing: int, max_shard: int, workers: int) -> int:
+    """Split ``missing`` samples evenly over at least ``workers`` shards of at most ``max_shard``.
+
+    Larger shards let a worker carry more adjoints per reverse pass, which is far
+    cheaper per sample than many small passes, so work is spread evenly instead of
+    in fixed small pieces.
+    """
+    shards = max(min(workers, missing), math.ceil(missing / max_shard))
+    return max(1, math.ceil(missing / shards))
 
 
 def describe_error(error: BaseException) -> str:
@@ -121,7 +133,7 @@ class JobCoordinator:
 
     def _replay(self, missing: list[int], folder: Path, fingerprint: str,
                 measurement: str) -> None:
-        size = self.settings.shard_size
+        size = shard_length(len(missing), self.settings.shard_size, self.settings.replay_workers)
         pending = [_Shard(s, missing[start : start + size])
                    for s, start in enumerate(range(0, len(missing), size))]
         self._start_workers(min(self.settings.replay_workers, len(pending)), folder,

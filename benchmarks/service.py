@@ -1,0 +1,102 @@
+"""Service overhead, cached-job latency and throughput with 1 and 2 replay workers.
+
+Usage: python benchmarks/service.py [--repeats 3] [--samples 64]
+
+Starts the embedded stack in this process (private Redis, local Ray, the app on
+a loopback port), trains mnist-mlp through the service, then per repeat and in
+turn: a fresh 64-sample job through the service, and the same 64 samples through
+``attribution.attribute`` in this process (batch 64, the machine's threads).
+Each repeat uses new test indices so nothing is cached. Then a fully cached job
+is resubmitted ``--cached`` times and its latency (submit to succeeded status,
+and the score fetch) recorded. Results go to benchmarks/results/service.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import attribution
+from common import median, save
+
+
+def run_service(args: argparse.Namespace, workers: int, storage: Path) -> dict:
+    from client import AttributionClient
+    from service.app import create_app
+    from service.runs import run_folder
+    from service.server import BackgroundServer
+    from service.settings import Settings
+
+    settings = Settings(storage_dir=storage, replay_workers=workers)
+    server = BackgroundServer(create_app(settings))
+    url = server.start()
+    rows, cached = [], []
+    try:
+        with AttributionClient(url) as client:
+            created = client.create_run(args.recipe)
+            run_id = client.wait_for_run(created["run_id"])["run_id"]
+            run = attribution.TrainingRun.load(run_folder(settings, run_id))
+            for repeat in range(args.repeats):
+                indices = list(range(repeat * args.samples, (repeat + 1) * args.samples))
+                started = time.perf_counter()
+                job_id = client.submit_job(run_id, indices)
+                client.wait(job_id, poll_interval=0.05, progress=False)
+                service_s = time.perf_counter() - started
+                started = time.perf_counter()
+                attribution.attribute(run, indices, batch_size=args.samples)
+                direct_s = time.perf_counter() - started
+                rows.append({"service_s": service_s, "direct_s": direct_s,
+                             "overhead": service_s / direct_s - 1})
+                print(workers, "workers", rows[-1], flush=True)
+            for _ in range(args.cached):
+                started = time.perf_counter()
+                job_id = client.submit_job(run_id, indices)
+                client.wait(job_id, poll_interval=0.005, progress=False)
+                status_s = time.perf_counter() - started
+                client.scores(job_id)
+                cached.append({"status_s": status_s,
+                               "with_scores_s": time.perf_counter() - started})
+    finally:
+        server.stop()
+    return {"rows": rows, "cached": cached}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="mnist-mlp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--cached", type=int, default=30)
+    args = parser.parse_args()
+    from service.settings import Settings
+    from workers.cluster import start_ray, stop_ray
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        start_ray(Settings(storage_dir=Path(folder)))
+        try:
+            for workers in (1, 2):
+                results[workers] = run_service(args, workers, Path(folder) / f"w{workers}")
+        finally:
+            stop_ray()
+    summary = {}
+    for workers, result in results.items():
+        rows = result["rows"]
+        summary[f"{workers}_workers"] = {
+            "median_service_s": median([r["service_s"] for r in rows]),
+            "median_direct_s": median([r["direct_s"] for r in rows]),
+            "median_overhead": median([r["overhead"] for r in rows]),
+            "samples_per_s": args.samples / median([r["service_s"] for r in rows]),
+            "cached_median_status_ms": 1e3 * median([c["status_s"] for c in result["cached"]]),
+            "cached_median_with_scores_ms":
+                1e3 * median([c["with_scores_s"] for c in result["cached"]]),
+        }
+    print(summary)
+    save("service", {"recipe": args.recipe, "samples": args.samples, "repeats": args.repeats,
+                     "summary": summary, "raw": {str(k): v for k, v in results.items()}})
+
+
+if __name__ == "__main__":
+    main()
