@@ -1,0 +1,82 @@
+"""EK-FAC influence through the ``kronfluence`` package (version 1.0.1), in MAGIC's convention.
+
+kronfluence returns ``grad f_q^T (G + lambda I)^{-1} grad L_i`` with G the
+eigenvalue-corrected Kronecker-factored Gauss-Newton approximation of the
+Hessian and ``L_i`` the training loss of example i. Up-weighting example i by
+epsilon changes f_q by about ``-epsilon`` times that score, so the MAGIC-convention
+score (derivative with respect to the data weight) is its negative, divided by
+n_train because the training objective is a mean over examples.
+Damping uses kronfluence's heuristic: 0.1 times the mean eigenvalue.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from ..training import TrainingRun, measurement_from_logits
+from .common import module_at
+
+
+def _make_task(measurement: str):
+    from kronfluence.task import Task
+
+    class ClassificationTask(Task):
+        """Summed cross-entropy for the factors and the run's measurement per query."""
+
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            logits = model(x)
+            if sample:
+                with torch.no_grad():
+                    y = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).flatten()
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            x, y = batch
+            logits = model(x)
+            return torch.stack([measurement_from_logits(logits[j], y[j], measurement)
+                                for j in range(logits.shape[0])]).sum()
+
+    return ClassificationTask()
+
+
+def ekfac_scores(run: TrainingRun, test_indices: list[int], measurement: str = "loss",
+                 batch_size: int = 256) -> torch.Tensor:
+    """Return EK-FAC influence scores in MAGIC's convention, shape (len(test_indices), n_train)."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+
+    trainer = run.trainer
+    task = _make_task(measurement)
+    model = prepare_model(module_at(run, run.parameters), task)
+    idx = torch.tensor(test_indices, device=trainer.device)
+    train_set = TensorDataset(trainer.x_train, trainer.y_train)
+    query_set = TensorDataset(trainer.x_test[idx], trainer.y_test[idx])
+    dtype = trainer.dtype
+    factor_args = FactorArguments(strategy="ekfac", activation_covariance_dtype=dtype,
+                                  gradient_covariance_dtype=dtype,
+                                  per_sample_gradient_dtype=dtype, lambda_dtype=dtype)
+    score_args = ScoreArguments(damping_factor=None, per_sample_gradient_dtype=dtype,
+                                precondition_dtype=dtype, score_dtype=dtype)
+
+    # kronfluence 1.0.1 builds a disabled torch.cuda GradScaler on CPU, which only warns.
+    with tempfile.TemporaryDirectory(prefix="kronfluence-") as output_dir, \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*GradScaler.*")
+        analyzer = Analyzer(analysis_name="run", model=model, task=task,
+                            cpu=trainer.device.type == "cpu", disable_tqdm=True,
+                            output_dir=output_dir, log_level=logging.WARNING)
+        analyzer.fit_all_factors(factors_name="ekfac", dataset=train_set,
+                                 per_device_batch_size=batch_size, factor_args=factor_args)
+        analyzer.compute_pairwise_scores(
+            scores_name="pairwise", factors_name="ekfac", query_dataset=query_set,
+            train_dataset=train_set, per_device_query_batch_size=len(test_indices),
+            per_device_train_batch_size=batch_size, score_args=score_args)
+        influence = analyzer.load_pairwise_scores("pairwise")["all_modules"]  # (k, n_train)
+    return -influence.to(device=trainer.device, dtype=dtype) / run.n_train

@@ -1,0 +1,88 @@
+"""TRAK through the ``traker`` package (MadryLab, version 0.3.2), converted to MAGIC's convention.
+
+traker scores the margin ``f = log(p / (1 - p))`` of the correct class: its score
+estimates how much including training example i raises the test margin. The
+derivative of the cross-entropy loss with respect to that margin is
+``-(1 - p_correct)``, so for the loss measurement the MAGIC-convention score is
+``-(1 - p_correct(test)) * trak``; for the margin measurement it is ``trak`` itself.
+The factor only fixes sign and scale per test sample, which Spearman-based LDS
+ignores apart from the sign.
+
+Features are averaged over several checkpoints of the one run (an ensemble
+along the trajectory), and the random projection has ``proj_dim`` dimensions,
+which must stay well below n_train: the kernel ``Phi^T Phi`` is inverted without
+damping and is singular once ``proj_dim`` approaches the number of examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+from ..training import TrainingRun
+from .common import correct_class_probability, evenly_spaced_steps, module_at, states_at
+
+logger = logging.getLogger(__name__)
+
+MEASUREMENTS = ("loss", "margin")
+
+
+def default_proj_dim(n_train: int) -> int:
+    """Return 128 (the best of 32 to 512 on the digits and MNIST MLPs), at most n_train / 8."""
+    return max(8, min(128, n_train // 8))
+
+
+def trak_scores(run: TrainingRun, test_indices: list[int], measurement: str = "loss",
+                proj_dim: int | None = None, num_checkpoints: int = 5,
+                batch_size: int = 200) -> torch.Tensor:
+    """Return TRAK scores in MAGIC's convention, shape (len(test_indices), n_train).
+
+    Raises SpecError for a measurement other than 'loss' or 'margin' or a
+    projection dimension that is not below n_train / 2.
+    """
+    from trak import TRAKer
+
+    if measurement not in MEASUREMENTS:
+        raise SpecError(f"TRAK scores the margin, so measurement={measurement!r} is not "
+                        f"supported; use one of {list(MEASUREMENTS)}")
+    proj_dim = default_proj_dim(run.n_train) if proj_dim is None else int(proj_dim)
+    if not 1 <= proj_dim <= run.n_train // 2:
+        raise SpecError(f"proj_dim={proj_dim} must lie between 1 and n_train / 2 = "
+                        f"{run.n_train // 2}; TRAK's kernel is singular beyond that")
+
+    trainer = run.trainer
+    device = str(trainer.device)
+    steps = evenly_spaced_steps(run.num_steps, num_checkpoints, include_final=True)
+    states = [(t, module_at(run, state[0], torch.float32).state_dict())
+              for t, state in states_at(run, steps)]
+    model = module_at(run, run.parameters, torch.float32)
+    x_train, y_train = trainer.x_train.float(), trainer.y_train
+    idx = torch.tensor(test_indices, device=trainer.device)
+    x_test, y_test = trainer.x_test[idx].float(), trainer.y_test[idx]
+
+    with tempfile.TemporaryDirectory(prefix="trak-") as save_dir:
+        traker = TRAKer(model=model, task="image_classification", train_set_size=run.n_train,
+                        save_dir=save_dir, device=device,
+                        proj_dim=proj_dim, use_half_precision=False,
+                        logging_level=logging.WARNING)
+        for model_id, (_, state_dict) in enumerate(states):
+            traker.load_checkpoint(state_dict, model_id=model_id)
+            for start in range(0, run.n_train, batch_size):
+                batch = (x_train[start : start + batch_size], y_train[start : start + batch_size])
+                traker.featurize(batch=batch, num_samples=batch[0].shape[0])
+        traker.finalize_features()
+        for model_id, (_, state_dict) in enumerate(states):
+            traker.start_scoring_checkpoint("test", state_dict, model_id=model_id,
+                                            num_targets=len(test_indices))
+            traker.score(batch=(x_test, y_test), num_samples=len(test_indices))
+        raw = np.array(traker.finalize_scores("test"), dtype=np.float64)  # (n_train, k)
+
+    margin_scores = torch.as_tensor(raw.T, dtype=trainer.dtype, device=trainer.device)
+    if measurement == "margin":
+        return margin_scores
+    p_correct = correct_class_probability(run, run.parameters, test_indices)
+    return -(1 - p_correct)[:, None] * margin_scores
