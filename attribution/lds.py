@@ -130,3 +130,113 @@ def evaluate_lds(run: TrainingRun, test_indices: Iterable[int],
                     result.lds[fraction], num_subsets)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# ------------------------------------------------------------ several methods
+@dataclass
+class MethodComparison:
+    """LDS of several methods on the same retrained subsets.
+
+    ``lds[method][p]`` is the mean over test samples, ``per_sample[method][p]`` the
+    (k,) Spearman correlations, ``predicted[method][p]`` the (num_subsets, k)
+    predicted measurements; ``failed[method]`` holds the error of a method that
+    failed, which then has no LDS.
+    """
+
+    test_indices: list[int]
+    fractions: list[float]
+    num_subsets: int
+    seed: int
+    measurement: str
+    base: np.ndarray = field(repr=False)
+    subsets: dict[float, np.ndarray] = field(repr=False)
+    actual: dict[float, np.ndarray] = field(repr=False)
+    lds: dict[str, dict[float, float]] = field(default_factory=dict)
+    per_sample: dict[str, dict[float, list[float]]] = field(default_factory=dict)
+    predicted: dict[str, dict[float, np.ndarray]] = field(default_factory=dict, repr=False)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_scores(self, method: str, scores: np.ndarray, seconds: float = 0.0) -> None:
+        """Score ``method``'s (k, n_train) matrix against the retrained measurements."""
+        self.lds[method], self.per_sample[method], self.predicted[method] = {}, {}, {}
+        for fraction in self.fractions:
+            predicted, per_sample = lds_of_scores(scores, self.base, self.subsets[fraction],
+                                                  self.actual[fraction])
+            self.predicted[method][fraction] = predicted
+            self.per_sample[method][fraction] = per_sample.tolist()
+            self.lds[method][fraction] = float(per_sample.mean())
+        self.seconds[method] = seconds
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: LDS keyed by method then fraction, per test sample, failures."""
+        return {
+            "test_indices": self.test_indices, "fractions": self.fractions,
+            "num_subsets": self.num_subsets, "seed": self.seed, "measurement": self.measurement,
+            "lds": {m: {str(p): v for p, v in by.items()} for m, by in self.lds.items()},
+            "per_sample": {m: {str(p): v for p, v in by.items()}
+                           for m, by in self.per_sample.items()},
+            "failed": dict(self.failed), "seconds": dict(self.seconds),
+        }
+
+    def changes(self, method: str, fraction: float) -> dict[str, list[list[float]]]:
+        """Predicted and true changes of the measurements, each (num_subsets, k) as lists."""
+        return {"predicted": (self.predicted[method][fraction] - self.base[None, :]).tolist(),
+                "actual": (self.actual[fraction] - self.base[None, :]).tolist()}
+
+
+def lds_of_scores(scores: np.ndarray, base: np.ndarray, subsets: np.ndarray,
+                  actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the predicted measurements (m, k) and the per-sample Spearman correlations (k,).
+
+    ``scores`` is (k, n_train) in MAGIC's convention, ``base`` the (k,) measurements
+    of the full run, ``subsets`` (m, s) removed indices and ``actual`` (m, k).
+    """
+    predicted = base[None, :] - scores[:, subsets].sum(axis=2).T
+    return predicted, spearman_per_column(predicted, actual)
+
+
+def compare_methods(run: TrainingRun, test_indices: Iterable[int], methods: Sequence[str],
+                    fractions: Sequence[float] = (0.01, 0.05, 0.1), num_subsets: int = 50,
+                    seed: int = 0, measurement: str = "loss",
+                    options: Optional[dict[str, dict]] = None,
+                    progress: bool = False) -> MethodComparison:
+    """Compute every method's scores and their LDS on one shared set of retrained subsets.
+
+    A method that raises MethodError (library failure, NaN) is recorded in
+    ``failed`` and the others still complete. Cost: ``len(fractions) * num_subsets``
+    training runs plus each method's own cost.
+    """
+    from .baselines import MethodError, check_methods, method_scores
+
+    methods = check_methods(methods)
+    indices = check_test_indices(test_indices, run.n_test)
+    _check_num_subsets(num_subsets)
+    options = options or {}
+    base = run.measure(indices, measurement).to(torch.float64).cpu().numpy()
+    subsets, actual = {}, {}
+    for fraction in [float(p) for p in fractions]:
+        subsets[fraction] = draw_subsets(run.n_train, fraction, num_subsets, seed)
+        actual[fraction] = retrain_measurements(run, subsets[fraction], indices, measurement,
+                                                progress)
+    result = MethodComparison(test_indices=indices, fractions=list(subsets),
+                              num_subsets=num_subsets, seed=seed, measurement=measurement,
+                              base=base, subsets=subsets, actual=actual)
+    for method in methods:
+        started = time.perf_counter()
+        try:
+            scores = method_scores(run, indices, method, measurement=measurement,
+                                   **options.get(method, {}))
+        except MethodError as error:
+            logger.warning("%s failed: %s", method, error)
+            result.failed[method] = str(error)
+            continue
+        result.add_scores(method, scores.numpy(), seconds=time.perf_counter() - started)
+        logger.info("%s LDS: %s", method, result.lds[method])
+    return result
+
+
+def _check_num_subsets(num_subsets: int) -> None:
+    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 3:
+        raise SpecError(f"num_subsets={num_subsets!r} must be an integer >= 3 "
+                        "(use 50 or more for a stable estimate)")

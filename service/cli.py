@@ -99,26 +99,39 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_lds(args: argparse.Namespace) -> int:
-    import attribution
+    import time
 
-    run = _load_or_train(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m != "magic"]
-    if unknown:
-        raise SystemExit(f"error: methods {unknown} are not available; supported: magic")
+    from attribution.baselines import check_methods
+    from attribution.lds import compare_methods
+    from attribution.smoothness import smoothness_probe
+
+    started = time.perf_counter()
+    methods = check_methods(m.strip() for m in args.methods.split(",") if m.strip())
     fractions = [float(p) for p in args.fractions.split(",")]
-    indices = list(range(args.test_samples))
-    result = attribution.evaluate_lds(run, indices, fractions=fractions,
-                                      num_subsets=args.subsets, seed=args.seed,
-                                      measurement=args.measurement, progress=True)
-    payload = {"recipe": args.recipe, "subsets": args.subsets, "test_samples": args.test_samples,
-               "lds": {"magic": {str(p): v for p, v in result.lds.items()}},
-               "seconds": result.seconds}
+    run = _load_or_train(args)
+    options = {"trak": {"proj_dim": args.trak_proj_dim}} if args.trak_proj_dim else {}
+    result = compare_methods(run, range(args.test_samples), methods, fractions=fractions,
+                             num_subsets=args.subsets, seed=args.seed,
+                             measurement=args.measurement, options=options, progress=True)
+    smoothness = None if args.no_smoothness else smoothness_probe(run, seed=args.seed)
+    if smoothness is not None and smoothness.warning:
+        print(f"warning: {smoothness.warning}", file=sys.stderr)
+
+    payload = {"recipe": args.recipe, "subsets": args.subsets,
+               "test_samples": args.test_samples, **result.to_dict(),
+               "smoothness": None if smoothness is None else smoothness.to_dict(),
+               "method_seconds": result.seconds, "seconds": time.perf_counter() - started}
     if args.json:
         print(json.dumps(payload, indent=2))
-    else:
-        for p, v in result.lds.items():
-            print(f"magic  drop {100 * p:5.1f}%  LDS {v:.3f}")
+        return 0
+    for method in methods:
+        if method in result.failed:
+            print(f"{method:7s} failed: {result.failed[method]}")
+            continue
+        for p, v in result.lds[method].items():
+            print(f"{method:7s} drop {100 * p:5.1f}%  LDS {v:.3f}")
+    if smoothness is not None:
+        print(f"smoothness {smoothness.score:.3f} (threshold {smoothness.threshold:.2f})")
     return 0
 
 
@@ -152,12 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     lds = sub.add_parser("lds", help="linear datamodeling score by retraining on subsets")
     _add_run_arguments(lds)
-    lds.add_argument("--methods", default="magic", help="comma-separated methods")
+    lds.add_argument("--methods", default="magic",
+                     help="comma-separated methods among magic, trak, ekfac, tracin")
     lds.add_argument("--fractions", default="0.01,0.05,0.1", help="drop fractions, e.g. 0.01,0.05")
     lds.add_argument("--subsets", type=int, default=50, help="retrained subsets per fraction")
     lds.add_argument("--test-samples", type=int, default=20, help="first K test samples")
     lds.add_argument("--measurement", default="loss", choices=["loss", "margin", "logit"])
     lds.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
+    lds.add_argument("--trak-proj-dim", type=int, default=None,
+                     help="TRAK's projection dimension (default 128, at most n_train / 8)")
+    lds.add_argument("--no-smoothness", action="store_true",
+                     help="skip the smoothness probe (4 extra training runs)")
     lds.add_argument("--json", action="store_true", help="print JSON")
     lds.set_defaults(func=cmd_lds)
 
