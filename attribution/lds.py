@@ -213,12 +213,17 @@ def compare_methods(run: TrainingRun, test_indices: Iterable[int], methods: Sequ
     indices = check_test_indices(test_indices, run.n_test)
     _check_num_subsets(num_subsets)
     options = options or {}
-    base = run.measure(indices, measurement).to(torch.float64).cpu().numpy()
+    base = measure_all(run, measurement)[indices]
     subsets, actual = {}, {}
     for fraction in [float(p) for p in fractions]:
         subsets[fraction] = draw_subsets(run.n_train, fraction, num_subsets, seed)
-        actual[fraction] = retrain_measurements(run, subsets[fraction], indices, measurement,
-                                                progress)
+        rows = subsets[fraction]
+        if progress:
+            from tqdm import tqdm
+
+            rows = tqdm(rows, desc=f"retrain {100 * fraction:g}%", unit="model", leave=False)
+        actual[fraction] = np.stack([retrain_without(run, removed, measurement)[indices]
+                                     for removed in rows])
     result = MethodComparison(test_indices=indices, fractions=list(subsets),
                               num_subsets=num_subsets, seed=seed, measurement=measurement,
                               base=base, subsets=subsets, actual=actual)
@@ -234,6 +239,24 @@ def compare_methods(run: TrainingRun, test_indices: Iterable[int], methods: Sequ
         result.add_scores(method, scores.numpy(), seconds=time.perf_counter() - started)
         logger.info("%s LDS: %s", method, result.lds[method])
     return result
+
+
+def measure_all(run: TrainingRun, measurement: str = "loss") -> np.ndarray:
+    """Return the measurement of every test sample of the run, shape (n_test,), float64."""
+    return run.measure(range(run.n_test), measurement).to(torch.float64).cpu().numpy()
+
+
+def retrain_without(run: TrainingRun, removed: Sequence[int] | np.ndarray,
+                    measurement: str = "loss") -> np.ndarray:
+    """Retrain with the ``removed`` examples' weights set to 0; return (n_test,) measurements.
+
+    All test samples are measured, so one retraining serves every later choice
+    of test samples (the evaluation service stores these rows per run).
+    """
+    weights = run.data_weights.clone()
+    weights[torch.as_tensor(np.asarray(removed, dtype=np.int64))] = 0
+    retrained = train(run.spec, data_weights=weights, keep_checkpoints=False, device=run.device)
+    return measure_all(retrained, measurement)
 
 
 def _check_num_subsets(num_subsets: int) -> None:

@@ -21,9 +21,10 @@ from fastapi.responses import JSONResponse
 from . import runs
 from .embedded import EmbeddedRedis
 from .keys import JobStatus, RunStatus, score_arguments
-from .schemas import (ComponentHealth, Health, Influence, JobCreate, JobCreated, JobPublic,
-                      Progress, RunCreate, RunCreated, RunPublic, ScoresPublic, TopInfluences,
-                      TopKPublic)
+from .schemas import (ComponentHealth, EvaluationCreate, EvaluationCreated, EvaluationPublic,
+                      EvaluationResult, Health, Influence, JobCreate, JobCreated, JobPublic,
+                      PredictionCreate, PredictionPublic, Progress, RunCreate, RunCreated,
+                      RunPublic, ScoresPublic, TopInfluences, TopKPublic)
 from .settings import Settings, redact_url
 from .store import CacheMismatchError, Store
 
@@ -39,6 +40,8 @@ class Backend(Protocol):
 
     def submit_training(self, run_id: str, spec: dict, fingerprint: str) -> None: ...
     def submit_job(self, job_id: str) -> None: ...
+    def submit_evaluation(self, evaluation_id: str) -> None: ...
+    def retrain(self, folder: Any, removed: list[int], measurement: str) -> np.ndarray: ...
     def health(self) -> dict: ...
     def shutdown(self, timeout: float = 30.0) -> None: ...
 
@@ -108,6 +111,10 @@ def _fail_stale_records(store: Store) -> None:
     for job_id in store.active_job_ids():
         store.transition_job(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.FAILED,
                              error=RESTART_MESSAGE, finished_at=time.time())
+    for evaluation_id in store.active_evaluation_ids():
+        store.transition_evaluation(evaluation_id, (JobStatus.QUEUED, JobStatus.RUNNING),
+                                    JobStatus.FAILED, error=RESTART_MESSAGE,
+                                    finished_at=time.time())
     for run_id in store.training_run_ids():
         store.finish_run(run_id, RunStatus.FAILED, error=RESTART_MESSAGE)
 
@@ -186,7 +193,9 @@ def create_run(body: RunCreate, response: Response, store: StoreDep, backend: Ba
 def read_run(run_id: str, store: StoreDep) -> RunPublic:
     """Return a training run's status, spec, split sizes and metrics."""
     record = _require_run(store, run_id)
-    return RunPublic(**{**record, "error": record.get("error") or None})
+    smoothness = record.get("smoothness")
+    warnings = [smoothness["warning"]] if smoothness and smoothness.get("warning") else []
+    return RunPublic(**{**record, "error": record.get("error") or None, "warnings": warnings})
 
 
 def _require_run(store: Store, run_id: str) -> dict:
@@ -377,3 +386,163 @@ def _top_k(job: dict, matrix: np.ndarray, labels: tuple[np.ndarray, np.ndarray],
 
 def _influence(index: int, y_train: np.ndarray, row: np.ndarray) -> Influence:
     return Influence(train_index=int(index), label=int(y_train[index]), score=float(row[index]))
+
+
+# ------------------------------------------------------------- evaluations
+@router.post("/v1/evaluations", response_model=EvaluationCreated,
+             status_code=status.HTTP_202_ACCEPTED)
+def submit_evaluation(body: EvaluationCreate, store: StoreDep, backend: BackendDep,
+                      settings: SettingsDep) -> EvaluationCreated:
+    """Submit an evaluation: LDS of the chosen methods, retraining random subsets on Ray."""
+    run = _require_run(store, body.run_id)
+    _require_ready(run)
+    _check_test_indices(body.test_indices, run, settings)
+    for q, fraction in enumerate(body.fractions):
+        if round(fraction * run["n_train"]) < 1:
+            raise FieldError(["fractions", q], f"drop fraction {fraction} removes no example of "
+                                               f"{run['n_train']}; raise it")
+    if body.trak_proj_dim is not None and body.trak_proj_dim > run["n_train"] // 2:
+        raise FieldError(["trak_proj_dim"], f"trak_proj_dim={body.trak_proj_dim} must be at "
+                                            f"most n_train / 2 = {run['n_train'] // 2}")
+    if store.active_evaluation_count() >= settings.max_active_jobs:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"{settings.max_active_jobs} evaluations are queued or "
+                                   "running, the configured maximum; retry later",
+                            headers={"Retry-After": str(RETRY_JOB_S)})
+
+    evaluation_id = uuid.uuid4().hex
+    options = {"trak": {"proj_dim": body.trak_proj_dim}} if body.trak_proj_dim else {}
+    store.create_evaluation(evaluation_id, {
+        "evaluation_id": evaluation_id, "run_id": body.run_id,
+        "test_indices": body.test_indices, "fractions": body.fractions,
+        "num_subsets": body.num_subsets, "methods": body.methods, "seed": body.seed,
+        "measurement": body.measurement, "options": options,
+        "total": len(body.fractions) * body.num_subsets + len(body.methods),
+    })
+    backend.submit_evaluation(evaluation_id)
+    logger.info("evaluation %s submitted: run %s, methods %s, %d test samples", evaluation_id,
+                body.run_id, body.methods, len(body.test_indices))
+    return EvaluationCreated(evaluation_id=evaluation_id, status=JobStatus.QUEUED)
+
+
+def _check_test_indices(indices: list[int], run: dict, settings: Settings) -> None:
+    if len(indices) > settings.max_test_samples:
+        raise FieldError(["test_indices"],
+                         f"{len(indices)} test indices exceed the limit of "
+                         f"{settings.max_test_samples}; split the request")
+    for q, index in enumerate(indices):
+        if index >= run["n_test"]:
+            raise FieldError(["test_indices", q],
+                             f"test index {index} is out of range; run {run['run_id']} has "
+                             f"{run['n_test']} test samples (valid indices 0..{run['n_test'] - 1})")
+
+
+@router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationPublic)
+def read_evaluation(evaluation_id: str, store: StoreDep) -> EvaluationPublic:
+    """Return an evaluation's status and progress (retrainings and methods done)."""
+    return _evaluation_public(_require_evaluation(store, evaluation_id))
+
+
+@router.delete("/v1/evaluations/{evaluation_id}", response_model=EvaluationPublic)
+def cancel_evaluation(evaluation_id: str, store: StoreDep) -> EvaluationPublic:
+    """Cancel a queued or running evaluation; its Ray tasks are cancelled."""
+    record = _require_evaluation(store, evaluation_id)
+    if not store.transition_evaluation(evaluation_id, (JobStatus.QUEUED, JobStatus.RUNNING),
+                                       JobStatus.CANCELLED, finished_at=time.time()):
+        record = _require_evaluation(store, evaluation_id)
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"evaluation {evaluation_id} already "
+                                   f"{record['status'].value}; only queued or running "
+                                   "evaluations can be cancelled")
+    logger.info("evaluation %s cancelled after %.2f s", evaluation_id,
+                time.time() - record["created_at"])
+    return _evaluation_public(_require_evaluation(store, evaluation_id))
+
+
+@router.get("/v1/evaluations/{evaluation_id}/result", response_model=EvaluationResult)
+def read_evaluation_result(evaluation_id: str, store: StoreDep) -> EvaluationResult:
+    """Return LDS per method, fraction and test sample, with predicted and true changes."""
+    record = _require_evaluation(store, evaluation_id)
+    _require_succeeded({**record, "job_id": evaluation_id})
+    result = store.get_evaluation_result(evaluation_id)
+    if result is None:
+        raise HTTPException(status.HTTP_410_GONE,
+                            detail=f"the result of evaluation {evaluation_id} expired; "
+                                   "submit it again (retrained subsets are reused)")
+    return EvaluationResult(**result)
+
+
+def _require_evaluation(store: Store, evaluation_id: str) -> dict:
+    record = store.get_evaluation(evaluation_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"evaluation {evaluation_id!r} not found; it may have expired")
+    return record
+
+
+def _evaluation_public(record: dict) -> EvaluationPublic:
+    end = record["finished_at"] or time.time()
+    return EvaluationPublic(
+        evaluation_id=record["evaluation_id"], run_id=record["run_id"],
+        status=record["status"], progress=Progress(done=record["done"], total=record["total"]),
+        retrained=record["retrained"], reused=record["reused"],
+        error=record.get("error") or None, created_at=record["created_at"],
+        started_at=record["started_at"], finished_at=record["finished_at"],
+        elapsed_s=end - record["created_at"])
+
+
+# ------------------------------------------------------------- predictions
+@router.post("/v1/predictions", response_model=PredictionPublic)
+def predict(body: PredictionCreate, store: StoreDep, backend: BackendDep,
+            settings: SettingsDep) -> PredictionPublic:
+    """Predict the change of test measurements when training examples are removed.
+
+    Uses the cached MAGIC scores of the test samples (submit an attribution job
+    first). With ``verify`` it also retrains without the examples, which takes
+    one training run.
+    """
+    import attribution
+
+    run = _require_run(store, body.run_id)
+    _require_ready(run)
+    _check_test_indices(body.test_indices, run, settings)
+    for q, index in enumerate(body.removed):
+        if index >= run["n_train"]:
+            raise FieldError(["removed", q], f"training index {index} is out of range; run "
+                                             f"{body.run_id} has {run['n_train']} training "
+                                             "examples")
+    matrix = _cached_rows(store, run, body.test_indices, body.measurement,
+                          attribution.__version__)
+    predicted = -matrix[:, body.removed].sum(axis=1)
+    response = PredictionPublic(run_id=body.run_id, test_indices=body.test_indices,
+                                measurement=body.measurement,
+                                predicted_change=predicted.tolist())
+    if body.verify:
+        folder = runs.run_folder(settings.runs_dir, body.run_id)
+        full = attribution.TrainingRun.load(folder).measure(range(run["n_test"]),
+                                                            body.measurement)
+        base = full.double().numpy()[body.test_indices]
+        try:
+            retrained = backend.retrain(folder, body.removed, body.measurement)
+        except TimeoutError as error:
+            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail=str(error)) from None
+        response.base = base.tolist()
+        response.actual_change = (np.asarray(retrained)[body.test_indices] - base).tolist()
+    return response
+
+
+def _cached_rows(store: Store, run: dict, indices: list[int], measurement: str,
+                 engine_version: str) -> np.ndarray:
+    rows, missing = [], []
+    for index in indices:
+        vector = store.get_scores(score_arguments(run["fingerprint"], index, measurement,
+                                                  engine_version))
+        if vector is None:
+            missing.append(index)
+        else:
+            rows.append(vector.astype(np.float64))
+    if missing:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"test samples {missing[:10]} have no cached {measurement} "
+                                   "scores; submit them with POST /v1/jobs first")
+    return np.stack(rows)

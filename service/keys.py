@@ -9,6 +9,11 @@ Layout (all keys start with ``PREFIX``):
 - ``job:{job_id}``: hash, the record of one attribution job.
 - ``jobs:active``: set of job ids that are queued or running.
 - ``scores:{cache_key}``: hash, one test sample's score vector with its arguments.
+- ``evaluation:{evaluation_id}``: hash, the record of one evaluation job;
+  ``evaluation:{evaluation_id}:result``: string, its result as JSON.
+- ``evaluations:active``: set of evaluation ids that are queued or running.
+- ``retrained:{cache_key}``: hash, the measurements of every test sample after
+  retraining one run without one random subset, with the arguments that drew it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ RUN_PREFIX = PREFIX + "run:"
 JOB_PREFIX = PREFIX + "job:"
 SCORES_PREFIX = PREFIX + "scores:"
 ACTIVE_JOBS = PREFIX + "jobs:active"
+EVALUATION_PREFIX = PREFIX + "evaluation:"
+ACTIVE_EVALUATIONS = PREFIX + "evaluations:active"
+RETRAINED_PREFIX = PREFIX + "retrained:"
 
 MEASUREMENTS = ("loss", "margin", "logit")
 
@@ -54,6 +62,32 @@ def run_key(run_id: str) -> str:
 
 def job_key(job_id: str) -> str:
     return JOB_PREFIX + job_id
+
+
+def evaluation_key(evaluation_id: str) -> str:
+    return EVALUATION_PREFIX + evaluation_id
+
+
+def evaluation_result_key(evaluation_id: str) -> str:
+    return EVALUATION_PREFIX + evaluation_id + ":result"
+
+
+def retrained_arguments(fingerprint: str, measurement: str, fraction: float, seed: int,
+                        subset: int, removed_sha: str) -> dict:
+    """Return the arguments that identify one stored row of retrained measurements.
+
+    ``subset`` is the row's position in the draw of ``attribution.lds.draw_subsets``,
+    which depends only on (n_train, fraction, seed), so an evaluation with more
+    subsets reuses the rows of one with fewer. ``removed_sha`` guards against a
+    change of the draw.
+    """
+    return {"fingerprint": fingerprint, "measurement": measurement, "fraction": float(fraction),
+            "seed": int(seed), "subset": int(subset), "removed_sha": removed_sha}
+
+
+def retrained_key(arguments: dict) -> str:
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
+    return RETRAINED_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def score_arguments(fingerprint: str, test_index: int, measurement: str,

@@ -54,6 +54,25 @@ class RunPublic(BaseModel):
     metrics: Optional[dict[str, float]] = Field(
         default=None, description="test_accuracy, test_loss, final_train_loss, train_seconds.")
     error: Optional[str] = Field(default=None, description="Why training failed.")
+    smoothness: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="Smoothness probe: 'score' near 1 means removing training examples "
+                    "changes test losses almost linearly, so influence scores can be trusted; "
+                    "'warning' explains a low score.")
+    warnings: list[str] = Field(default_factory=list,
+                                description="Plain-language warnings about this run.")
+
+
+def _reject_duplicates(name: str, values: list[int]) -> list[int]:
+    seen: set[int] = set()
+    duplicated: set[int] = set()
+    for value in values:
+        if value in seen:
+            duplicated.add(value)
+        seen.add(value)
+    if duplicated:
+        raise ValueError(f"{name} {sorted(duplicated)[:10]} are duplicated; list each once")
+    return values
 
 
 class JobCreate(BaseModel):
@@ -162,3 +181,126 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     redis: ComponentHealth
     ray: ComponentHealth
+
+
+Method = Literal["magic", "trak", "ekfac", "tracin"]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class EvaluationCreate(BaseModel):
+    """An evaluation job: LDS of several methods on one training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(description="A ready training run id from POST /v1/runs.")
+    test_indices: list[TestIndex] = Field(min_length=1, description="Test samples to score.",
+                                          examples=[[0, 1, 2, 3]])
+    fractions: list[Fraction] = Field(default=[0.01, 0.05, 0.1], min_length=1,
+                                      description="Drop fractions of the training set.")
+    num_subsets: int = Field(default=50, ge=3, le=1000,
+                             description="Random subsets retrained per fraction (50 or more "
+                                         "for a stable estimate).")
+    methods: list[Method] = Field(default=["magic"], min_length=1,
+                                  description="Methods to compare.")
+    measurement: Literal["loss", "margin"] = Field(default="loss")
+    seed: int = Field(default=0, ge=0, description="Seed of the subset draw.")
+    trak_proj_dim: Optional[int] = Field(default=None, ge=1,
+                                         description="TRAK's projection dimension "
+                                                     "(default 128, at most n_train / 8).")
+
+    @field_validator("test_indices")
+    @classmethod
+    def _unique_indices(cls, indices: list[int]) -> list[int]:
+        return _reject_duplicates("test indices", indices)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods {methods} list a method twice; list each once")
+        return methods
+
+    @field_validator("fractions")
+    @classmethod
+    def _unique_fractions(cls, fractions: list[float]) -> list[float]:
+        if len(set(fractions)) != len(fractions):
+            raise ValueError(f"fractions {fractions} list a fraction twice; list each once")
+        return fractions
+
+
+class EvaluationCreated(BaseModel):
+    evaluation_id: str
+    status: JobStatus
+
+
+class EvaluationPublic(BaseModel):
+    """Status and progress of an evaluation job; progress counts retrainings and methods."""
+
+    evaluation_id: str
+    run_id: str
+    status: JobStatus
+    progress: Progress
+    retrained: int = Field(description="Subsets retrained for this evaluation.")
+    reused: int = Field(description="Subsets whose retrained measurements were stored earlier.")
+    error: Optional[str] = None
+    created_at: float
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    elapsed_s: Optional[float] = None
+
+
+class EvaluationResult(BaseModel):
+    """LDS per method and fraction, per test sample, and predicted against true changes."""
+
+    evaluation_id: str
+    run_id: str
+    test_indices: list[int]
+    fractions: list[float]
+    num_subsets: int
+    seed: int
+    measurement: str
+    lds: dict[str, dict[str, float]] = Field(description="LDS keyed by method, then fraction.")
+    per_sample: dict[str, dict[str, list[float]]] = Field(
+        description="Spearman correlation per test sample, keyed by method, then fraction.")
+    changes: dict[str, dict[str, dict[str, list[list[float]]]]] = Field(
+        description="Keyed by method, then fraction: 'predicted' and 'actual' changes of the "
+                    "measurement, each num_subsets x len(test_indices).")
+    failed: dict[str, str] = Field(description="Error message of each method that failed.")
+    seconds: dict[str, float] = Field(description="Seconds each method took to score.")
+
+
+class PredictionCreate(BaseModel):
+    """Predict how removing training examples changes test measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    test_indices: list[TestIndex] = Field(min_length=1)
+    removed: list[Annotated[StrictInt, Field(ge=0)]] = Field(
+        min_length=1, description="Training examples to remove (weight 0).")
+    measurement: Measurement = "loss"
+    verify: bool = Field(default=False,
+                         description="Also retrain without the removed examples and return "
+                                     "the true change (one training run).")
+
+    @field_validator("test_indices")
+    @classmethod
+    def _unique_indices(cls, indices: list[int]) -> list[int]:
+        return _reject_duplicates("test indices", indices)
+
+    @field_validator("removed")
+    @classmethod
+    def _unique_removed(cls, removed: list[int]) -> list[int]:
+        return _reject_duplicates("removed indices", removed)
+
+
+class PredictionPublic(BaseModel):
+    run_id: str
+    test_indices: list[int]
+    measurement: Measurement
+    predicted_change: list[float] = Field(
+        description="MAGIC's first-order prediction, -sum of the removed examples' scores.")
+    actual_change: Optional[list[float]] = Field(
+        default=None, description="Measured change after retraining (only with verify).")
+    base: Optional[list[float]] = Field(default=None,
+                                        description="Measurements of the full run (with verify).")

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="Time limit of short Ray calls (actor start-up, run loading) in seconds.",
     )
+    evaluation_parallelism: int = Field(
+        default=2, ge=1, le=1024,
+        description="Retraining tasks of one evaluation job in flight at once.")
+    smoothness_probe: bool = Field(
+        default=True,
+        description="Run the smoothness probe (4 extra training runs) after each training run.")
     ray_num_cpus: int = Field(default=2, ge=1, description="CPUs of the local Ray.")
     ray_object_store_mb: int = Field(default=200, ge=80,
                                      description="Object store of the local Ray in MiB.")

@@ -16,7 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import redis
 
-from .keys import ACTIVE_JOBS, JobStatus, RunStatus, job_key, run_key, scores_key
+from .keys import (ACTIVE_EVALUATIONS, ACTIVE_JOBS, JobStatus, RunStatus, evaluation_key,
+                   evaluation_result_key, job_key, retrained_key, run_key, scores_key)
 
 ALLOWED_DTYPES = ("float32", "float64")
 
@@ -106,7 +107,7 @@ class Store:
         if not fields:
             return None
         record: dict[str, Any] = _text(fields)
-        for name in ("overrides", "spec", "metrics"):
+        for name in ("overrides", "spec", "metrics", "smoothness"):
             record[name] = json.loads(record[name]) if record.get(name) else None
         for name in ("n_train", "n_test"):
             record[name] = int(record[name]) if record.get(name) else None
@@ -139,9 +140,10 @@ class Store:
         return sorted(ids)
 
     def finish_run(self, run_id: str, status: RunStatus, **fields: Any) -> None:
-        """Set the run's final status and fields (``metrics`` is stored as JSON)."""
-        if "metrics" in fields:
-            fields["metrics"] = json.dumps(fields["metrics"])
+        """Set the run's final status and fields (``metrics`` and ``smoothness`` as JSON)."""
+        for name in ("metrics", "smoothness"):
+            if name in fields:
+                fields[name] = json.dumps(fields[name])
         mapping = {"status": status.value, "updated_at": str(time.time()), **fields}
         self.client.hset(run_key(run_id), mapping={k: str(v) for k, v in mapping.items()})
 
@@ -187,15 +189,22 @@ class Store:
         Returns True if the job moved. A finished job leaves the active set and
         gets the configured expiry.
         """
+        return self._transition_record(job_key(job_id), ACTIVE_JOBS, job_id, allowed, status,
+                                       fields)
+
+    def _transition_record(self, key: str, active_set: str, record_id: str,
+                           allowed: tuple[JobStatus, ...], status: JobStatus,
+                           fields: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> bool:
         args = [json.dumps([s.value for s in allowed]), "status", status.value]
         for name, value in fields.items():
             args.extend([name, str(value)])
-        moved = bool(self._transition(keys=[job_key(job_id)], args=args))
+        moved = bool(self._transition(keys=[key], args=args))
         if moved and status.finished:
             pipe = self.client.pipeline()
-            pipe.srem(ACTIVE_JOBS, job_id)
+            pipe.srem(active_set, record_id)
             if self.job_ttl_s:
-                pipe.expire(job_key(job_id), self.job_ttl_s)
+                for name in (key, *extra_keys):
+                    pipe.expire(name, self.job_ttl_s)
             pipe.execute()
         return moved
 
@@ -246,3 +255,85 @@ class Store:
         for item in arguments:
             pipe.exists(scores_key(item))
         return [q for q, present in enumerate(pipe.execute()) if not present]
+
+    # ----------------------------------------------------------- evaluations
+    def create_evaluation(self, evaluation_id: str, fields: dict[str, Any]) -> None:
+        mapping = {"status": JobStatus.QUEUED.value, "done": 0, "retrained": 0, "reused": 0,
+                   "error": "", "created_at": time.time(), **fields}
+        mapping = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                   for k, v in mapping.items()}
+        pipe = self.client.pipeline()
+        pipe.hset(evaluation_key(evaluation_id), mapping=mapping)
+        pipe.sadd(ACTIVE_EVALUATIONS, evaluation_id)
+        pipe.execute()
+
+    def get_evaluation(self, evaluation_id: str) -> Optional[dict[str, Any]]:
+        """Return the evaluation record with numbers and lists decoded, or None if unknown."""
+        fields = self.client.hgetall(evaluation_key(evaluation_id))
+        if not fields:
+            return None
+        record: dict[str, Any] = _text(fields)
+        for name in ("test_indices", "fractions", "methods", "options"):
+            record[name] = json.loads(record[name]) if record.get(name) else None
+        for name in ("total", "done", "retrained", "reused", "num_subsets", "seed"):
+            record[name] = int(record.get(name) or 0)
+        for name in ("created_at", "started_at", "finished_at"):
+            record[name] = float(record[name]) if record.get(name) else None
+        record["status"] = JobStatus(record["status"])
+        return record
+
+    def evaluation_status(self, evaluation_id: str) -> Optional[JobStatus]:
+        value = self.client.hget(evaluation_key(evaluation_id), "status")
+        return JobStatus(value.decode()) if value else None
+
+    def active_evaluation_ids(self) -> list[str]:
+        return sorted(member.decode() for member in self.client.smembers(ACTIVE_EVALUATIONS))
+
+    def active_evaluation_count(self) -> int:
+        return int(self.client.scard(ACTIVE_EVALUATIONS))
+
+    def transition_evaluation(self, evaluation_id: str, allowed: tuple[JobStatus, ...],
+                              status: JobStatus, **fields: Any) -> bool:
+        """Like ``transition_job`` for an evaluation record (its result expires with it)."""
+        return self._transition_record(evaluation_key(evaluation_id), ACTIVE_EVALUATIONS,
+                                       evaluation_id, allowed, status, fields,
+                                       extra_keys=(evaluation_result_key(evaluation_id),))
+
+    def add_evaluation_progress(self, evaluation_id: str, done: int = 0, retrained: int = 0,
+                                reused: int = 0) -> None:
+        pipe = self.client.pipeline()
+        for name, value in (("done", done), ("retrained", retrained), ("reused", reused)):
+            if value:
+                pipe.hincrby(evaluation_key(evaluation_id), name, value)
+        pipe.execute()
+
+    def put_evaluation_result(self, evaluation_id: str, result: dict) -> None:
+        self.client.set(evaluation_result_key(evaluation_id), json.dumps(result))
+
+    def get_evaluation_result(self, evaluation_id: str) -> Optional[dict]:
+        raw = self.client.get(evaluation_result_key(evaluation_id))
+        return None if raw is None else json.loads(raw)
+
+    # ---------------------------------------------------- retrained measurements
+    def put_retrained(self, arguments: dict, vector: np.ndarray) -> None:
+        """Store one retrained row of measurements, shape (n_test,); it never expires."""
+        key = retrained_key(arguments)
+        mapping = {**encode_vector(vector), "arguments": json.dumps(arguments, sort_keys=True),
+                   "created_at": str(time.time())}
+        pipe = self.client.pipeline()
+        pipe.delete(key)
+        pipe.hset(key, mapping=mapping)
+        pipe.execute()
+
+    def get_retrained(self, arguments: dict) -> Optional[np.ndarray]:
+        """Return the stored row for ``arguments`` or None; raise CacheMismatchError if corrupt."""
+        fields = self.client.hgetall(retrained_key(arguments))
+        if not fields:
+            return None
+        stored = json.loads(fields.get(b"arguments", b"null"))
+        if stored != arguments:
+            raise CacheMismatchError(
+                f"retrained entry {retrained_key(arguments)} was stored for {stored}, not for "
+                f"the requested {arguments}; delete the key to retrain it"
+            )
+        return decode_vector(fields)

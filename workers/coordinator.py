@@ -218,9 +218,11 @@ class RayBackend:
         self.stopping = threading.Event()
         self.owns_ray = False
         self._jobs: queue.Queue[Optional[str]] = queue.Queue()
+        self._evaluations: queue.Queue[Optional[str]] = queue.Queue()
         self._threads: list[threading.Thread] = []
         for k in range(max_running_jobs):
             self._spawn(self._job_loop, name=f"magic-jobs-{k}")
+        self._spawn(self._evaluation_loop, name="magic-evaluations")
 
     # ------------------------------------------------------------- training
     def submit_training(self, run_id: str, spec: dict, fingerprint: str) -> None:
@@ -231,8 +233,8 @@ class RayBackend:
         started = time.perf_counter()
         folder = run_folder(self.settings.runs_dir, run_id)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        ref = train_run.options(name=f"train run {run_id}").remote(spec, str(folder.resolve()),
-                                                                   fingerprint)
+        ref = train_run.options(name=f"train run {run_id}").remote(
+            spec, str(folder.resolve()), fingerprint, probe=self.settings.smoothness_probe)
         deadline = time.monotonic() + self.settings.train_timeout_s
         try:
             while not ray.wait([ref], timeout=POLL_SECONDS)[0]:
@@ -251,7 +253,8 @@ class RayBackend:
             self.store.finish_run(run_id, RunStatus.FAILED, error=describe_error(error))
         else:
             self.store.finish_run(run_id, RunStatus.READY, fingerprint=result["fingerprint"],
-                                  metrics=result["metrics"], error="")
+                                  metrics=result["metrics"], smoothness=result["smoothness"],
+                                  error="")
             logger.info("training run %s ready in %.2f s: test accuracy %.3f", run_id,
                         time.perf_counter() - started, result["metrics"]["test_accuracy"])
 
@@ -271,6 +274,40 @@ class RayBackend:
             JobCoordinator(job_id, self.settings, self.store, self.redis_url,
                            self.stopping).run()
 
+    # ----------------------------------------------------------- evaluations
+    def submit_evaluation(self, evaluation_id: str) -> None:
+        self._evaluations.put(evaluation_id)
+
+    def _evaluation_loop(self) -> None:
+        from .evaluation import EvaluationCoordinator
+
+        while True:
+            evaluation_id = self._evaluations.get()
+            if evaluation_id is None:
+                return
+            coordinator = EvaluationCoordinator(evaluation_id, self.settings, self.store,
+                                                self.stopping)
+            if self.stopping.is_set():
+                coordinator._fail(SHUTDOWN_MESSAGE)
+                continue
+            coordinator.run()
+
+    def retrain(self, folder: Path, removed: list[int], measurement: str):
+        """Retrain the run in ``folder`` without ``removed`` and return (n_test,) measurements.
+
+        Blocks up to MAGIC_TRAIN_TIMEOUT_S; raises TimeoutError after that.
+        """
+        from .evaluation import retrain_task
+
+        ref = retrain_task.options(name=f"retrain {folder.name}").remote(
+            str(folder.resolve()), removed, measurement)
+        try:
+            return ray.get(ref, timeout=self.settings.train_timeout_s)
+        except GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise TimeoutError(f"retraining did not finish within MAGIC_TRAIN_TIMEOUT_S="
+                               f"{self.settings.train_timeout_s:g} s") from None
+
     # ------------------------------------------------------------- lifecycle
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop all coordinators and training supervisors; their records become failed."""
@@ -283,8 +320,18 @@ class RayBackend:
             if job_id is not None:
                 self.store.transition_job(job_id, (JobStatus.QUEUED,), JobStatus.FAILED,
                                           error=SHUTDOWN_MESSAGE, finished_at=time.time())
+        while True:
+            try:
+                evaluation_id = self._evaluations.get_nowait()
+            except queue.Empty:
+                break
+            if evaluation_id is not None:
+                self.store.transition_evaluation(evaluation_id, (JobStatus.QUEUED,),
+                                                 JobStatus.FAILED, error=SHUTDOWN_MESSAGE,
+                                                 finished_at=time.time())
         for _ in range(sum(t.name.startswith("magic-jobs") for t in self._threads)):
             self._jobs.put(None)
+        self._evaluations.put(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

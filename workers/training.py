@@ -12,12 +12,13 @@ from service.runs import write_labels
 
 
 @ray.remote(num_cpus=1, max_retries=0)
-def train_run(spec: dict, folder: str, expected_fingerprint: str) -> dict:
+def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = True) -> dict:
     """Train ``spec`` and save the run and its labels to ``folder``.
 
     The run (spec, metadata, checkpoints) is written to a temporary sibling
     folder first and renamed, so a reader never sees half a run. Returns the
-    fingerprint, metrics and split sizes. Raises DataError if the trained run's
+    fingerprint, metrics, split sizes and, with ``probe``, the smoothness probe's
+    result (4 extra training runs; its error message if it fails). Raises DataError if the trained run's
     fingerprint differs from the one the service derived from spec and dataset.
     """
     import attribution
@@ -37,4 +38,15 @@ def train_run(spec: dict, folder: str, expected_fingerprint: str) -> dict:
         shutil.rmtree(target)
     partial.rename(target)
     return {"fingerprint": run.fingerprint, "metrics": run.metrics,
+            "smoothness": _probe(run) if probe else None,
             "n_train": run.n_train, "n_test": run.n_test, "num_steps": run.num_steps}
+
+
+def _probe(run) -> dict:
+    import attribution
+    from attribution.smoothness import smoothness_probe
+
+    try:
+        return smoothness_probe(run).to_dict()
+    except attribution.AttributionError as error:
+        return {"error": f"smoothness probe failed: {error}"}
