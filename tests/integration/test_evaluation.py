@@ -1,0 +1,126 @@
+"""Evaluation and prediction jobs end to end: real Redis, local Ray, real HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+import attribution
+from attribution.lds import compare_methods
+from service.runs import run_folder
+
+pytestmark = pytest.mark.integration
+
+EVALUATION = {"test_indices": [0, 3, 7], "fractions": [0.05, 0.1], "num_subsets": 4,
+              "methods": ["magic", "tracin", "trak"]}
+
+
+def _wait(http: httpx.Client, evaluation_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = http.get(f"/v1/evaluations/{evaluation_id}").json()
+        if record["status"] not in ("queued", "running"):
+            return record
+        assert time.monotonic() < deadline, f"evaluation still {record['status']}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def http(service_url):
+    with httpx.Client(base_url=service_url, timeout=60) as client:
+        yield client
+
+
+def test_run_reports_smoothness(client, tiny_run):
+    record = client.get_run(tiny_run["run_id"])
+    assert 0 <= record["smoothness"]["score"] <= 1
+    assert isinstance(record["warnings"], list)
+
+
+def test_evaluation_equals_local_comparison(http, tiny_run, settings):
+    created = http.post("/v1/evaluations", json={"run_id": tiny_run["run_id"], **EVALUATION})
+    assert created.status_code == 202
+    evaluation_id = created.json()["evaluation_id"]
+    record = _wait(http, evaluation_id)
+    assert record["status"] == "succeeded", record["error"]
+    assert record["progress"] == {"done": 11, "total": 11}
+    result = http.get(f"/v1/evaluations/{evaluation_id}/result").json()
+
+    run = attribution.TrainingRun.load(run_folder(settings.runs_dir, tiny_run["run_id"]))
+    local = compare_methods(run, EVALUATION["test_indices"], EVALUATION["methods"],
+                            fractions=EVALUATION["fractions"],
+                            num_subsets=EVALUATION["num_subsets"]).to_dict()
+    assert result["failed"] == {}
+    for method in EVALUATION["methods"]:
+        for fraction in ("0.05", "0.1"):
+            assert result["lds"][method][fraction] == pytest.approx(
+                local["lds"][method][fraction], abs=1e-6)
+            np.testing.assert_allclose(result["per_sample"][method][fraction],
+                                       local["per_sample"][method][fraction], atol=1e-6)
+    changes = result["changes"]["magic"]["0.1"]
+    assert np.asarray(changes["predicted"]).shape == (4, 3)
+    assert np.asarray(changes["actual"]).shape == (4, 3)
+
+
+def test_evaluation_reuses_retrained_subsets(http, tiny_run):
+    body = {"run_id": tiny_run["run_id"], "test_indices": [1, 2], "fractions": [0.05],
+            "num_subsets": 6, "methods": ["tracin"]}
+    first = _wait(http, http.post("/v1/evaluations", json=body).json()["evaluation_id"])
+    assert first["status"] == "succeeded", first["error"]
+    second = _wait(http, http.post("/v1/evaluations", json=body).json()["evaluation_id"])
+    assert second["reused"] == 6
+    assert second["retrained"] == 0
+
+
+def test_evaluation_cancel(http, tiny_run):
+    body = {"run_id": tiny_run["run_id"], "test_indices": [4], "fractions": [0.2],
+            "num_subsets": 200, "methods": ["tracin"], "seed": 9}
+    evaluation_id = http.post("/v1/evaluations", json=body).json()["evaluation_id"]
+    cancelled = http.delete(f"/v1/evaluations/{evaluation_id}")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    time.sleep(1.0)
+    record = http.get(f"/v1/evaluations/{evaluation_id}").json()
+    assert record["status"] == "cancelled"
+    assert record["progress"]["done"] < record["progress"]["total"]
+    assert http.get(f"/v1/evaluations/{evaluation_id}/result").status_code == 409
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"methods": ["influence"]}, "methods"),
+    ({"fractions": [1.5]}, "fractions"),
+    ({"num_subsets": 2}, "num_subsets"),
+    ({"test_indices": [50]}, "test_indices"),
+    ({"fractions": [0.001]}, "fractions"),
+])
+def test_invalid_evaluations_422(http, tiny_run, patch, field):
+    response = http.post("/v1/evaluations",
+                         json={"run_id": tiny_run["run_id"], **EVALUATION, **patch})
+    assert response.status_code == 422
+    assert field in str(response.json()["detail"])
+
+
+def test_prediction_with_verify(http, client, tiny_run, settings):
+    indices = [30, 31]
+    removed = list(range(0, 20))
+    missing = http.post("/v1/predictions", json={"run_id": tiny_run["run_id"],
+                                                 "test_indices": indices, "removed": removed})
+    assert missing.status_code == 409
+    assert "POST /v1/jobs" in missing.json()["detail"]
+
+    job_id = client.submit_job(tiny_run["run_id"], indices)
+    client.wait(job_id, timeout=120, progress=False)
+    response = http.post("/v1/predictions", json={"run_id": tiny_run["run_id"],
+                                                  "test_indices": indices, "removed": removed,
+                                                  "verify": True})
+    assert response.status_code == 200
+    body = response.json()
+    scores = client.scores(job_id)
+    np.testing.assert_allclose(body["predicted_change"], -scores[:, removed].sum(axis=1),
+                               rtol=1e-6)
+    assert len(body["actual_change"]) == 2
+    # A smooth tiny run: predicted and true changes agree in sign.
+    assert np.all(np.sign(body["predicted_change"]) == np.sign(body["actual_change"]))
