@@ -14,7 +14,10 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned, so nothing below can pull a CUDA build.
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
-    .venv/bin/python -m pip install --quiet -e ".[server,test]"
+    # The constraints file keeps torch pinned while the baselines extra
+    # (traker, kronfluence) resolves its dependencies.
+    .venv/bin/python -m pip install --quiet -e ".[server,test,baselines]" \
+        -c scripts/constraints.txt
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
