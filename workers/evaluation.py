@@ -1,9 +1,9 @@
 """Evaluation jobs: LDS of several methods, with retraining as parallel Ray tasks.
 
-An ``EvaluationCoordinator`` draws the random subsets of each drop fraction,
-reads the retrained measurements of every subset already stored for the run,
-retrains the missing ones as Ray tasks (a few in flight at a time), then
-computes each method's scores as one Ray task per method. A method that fails
+An ``EvaluationCoordinator`` draws the random subsets of each drop fraction
+and reads the retrained measurements already stored for the run. It retrains
+the missing subsets as Ray tasks, a few in flight at a time, and then computes
+each method's scores as one Ray task per method. A method that fails
 is recorded with its message and the others still complete. LDS is computed
 by the same code as ``magic-attr lds`` (``attribution.lds.MethodComparison``).
 """

@@ -52,13 +52,13 @@ def states_at(run: TrainingRun, steps: Iterable[int]) -> Iterator[tuple[int, Sta
     Stored checkpoints are used where present; other states are recomputed by
     replaying training forward from the latest stored checkpoint before them.
     """
-    wanted = sorted(set(int(t) for t in steps))
-    if wanted and not 0 <= wanted[0] <= wanted[-1] <= run.num_steps:
-        raise SpecError(f"steps {wanted} must lie in 0..{run.num_steps}")
+    requested = sorted(set(int(t) for t in steps))
+    if requested and not 0 <= requested[0] <= requested[-1] <= run.num_steps:
+        raise SpecError(f"steps {requested} must lie in 0..{run.num_steps}")
     trainer = run.trainer
     stored = sorted(run.checkpoints)
     current_t, state = None, None
-    for t in wanted:
+    for t in requested:
         start = max(s for s in stored if s <= t)
         if current_t is None or current_t > t or start > current_t:
             current_t, state = start, run.checkpoints[start]
