@@ -132,6 +132,55 @@ class AttributionClient:
         """Cancel a queued or running job and return its record."""
         return self._request("DELETE", f"/v1/jobs/{job_id}").json()
 
+    # --------------------------------------------------------- evaluations
+    def submit_evaluation(self, run_id: str, test_indices: Iterable[int],
+                          methods: Iterable[str] = ("magic",),
+                          fractions: Iterable[float] = (0.01, 0.05, 0.1), num_subsets: int = 50,
+                          **options: Any) -> str:
+        """Submit an evaluation job (LDS of ``methods``) and return its evaluation id.
+
+        ``options`` are further request fields: measurement, seed, trak_proj_dim.
+        """
+        body = {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
+                "methods": list(methods), "fractions": [float(p) for p in fractions],
+                "num_subsets": num_subsets, **options}
+        return self._request("POST", "/v1/evaluations", json=body).json()["evaluation_id"]
+
+    def get_evaluation(self, evaluation_id: str) -> dict:
+        return self._request("GET", f"/v1/evaluations/{evaluation_id}").json()
+
+    def wait_evaluation(self, evaluation_id: str, timeout: Optional[float] = None,
+                        poll_interval: float = 0.5) -> dict:
+        """Poll until the evaluation finishes and return its result.
+
+        Raises JobFailedError if it failed or was cancelled, and WaitTimeoutError
+        after ``timeout`` seconds (the evaluation keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get_evaluation(evaluation_id)
+            if record["status"] in FINISHED_JOB_STATUSES:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeoutError(f"evaluation {evaluation_id} not finished after "
+                                       f"{timeout} s ({record['progress']['done']}/"
+                                       f"{record['progress']['total']} done)")
+            time.sleep(poll_interval)
+        if record["status"] != "succeeded":
+            raise JobFailedError({**record, "job_id": evaluation_id})
+        return self._request("GET", f"/v1/evaluations/{evaluation_id}/result").json()
+
+    def cancel_evaluation(self, evaluation_id: str) -> dict:
+        return self._request("DELETE", f"/v1/evaluations/{evaluation_id}").json()
+
+    def predict(self, run_id: str, test_indices: Iterable[int], removed: Iterable[int],
+                measurement: str = "loss", verify: bool = False) -> dict:
+        """Return the predicted (and with ``verify`` the retrained) change of each measurement."""
+        body = {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
+                "removed": [int(i) for i in removed], "measurement": measurement,
+                "verify": verify}
+        return self._request("POST", "/v1/predictions", json=body).json()
+
     # ------------------------------------------------------------- transport
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retry.attempts):

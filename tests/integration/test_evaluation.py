@@ -65,14 +65,16 @@ def test_evaluation_equals_local_comparison(http, tiny_run, settings):
     assert np.asarray(changes["actual"]).shape == (4, 3)
 
 
-def test_evaluation_reuses_retrained_subsets(http, tiny_run):
-    body = {"run_id": tiny_run["run_id"], "test_indices": [1, 2], "fractions": [0.05],
-            "num_subsets": 6, "methods": ["tracin"]}
-    first = _wait(http, http.post("/v1/evaluations", json=body).json()["evaluation_id"])
-    assert first["status"] == "succeeded", first["error"]
-    second = _wait(http, http.post("/v1/evaluations", json=body).json()["evaluation_id"])
-    assert second["reused"] == 6
-    assert second["retrained"] == 0
+def test_evaluation_reuses_retrained_subsets(client, tiny_run):
+    arguments = dict(test_indices=[1, 2], methods=["tracin"], fractions=[0.05], num_subsets=6)
+    first = client.wait_evaluation(client.submit_evaluation(tiny_run["run_id"], **arguments),
+                                   timeout=180)
+    second_id = client.submit_evaluation(tiny_run["run_id"], **arguments)
+    second = client.wait_evaluation(second_id, timeout=180)
+    record = client.get_evaluation(second_id)
+    assert record["reused"] == 6
+    assert record["retrained"] == 0
+    assert second["lds"] == first["lds"]
 
 
 def test_evaluation_cancel(http, tiny_run):
@@ -113,11 +115,7 @@ def test_prediction_with_verify(http, client, tiny_run, settings):
 
     job_id = client.submit_job(tiny_run["run_id"], indices)
     client.wait(job_id, timeout=120, progress=False)
-    response = http.post("/v1/predictions", json={"run_id": tiny_run["run_id"],
-                                                  "test_indices": indices, "removed": removed,
-                                                  "verify": True})
-    assert response.status_code == 200
-    body = response.json()
+    body = client.predict(tiny_run["run_id"], indices, removed, verify=True)
     scores = client.scores(job_id)
     np.testing.assert_allclose(body["predicted_change"], -scores[:, removed].sum(axis=1),
                                rtol=1e-6)
