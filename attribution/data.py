@@ -40,6 +40,11 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # 'classification': x are float inputs and y one label per example.
+    # 'language_model': x are token ids (n, L) and y the next tokens (n, L);
+    # ``vocab`` maps token ids to characters.
+    task: str = "classification"
+    vocab: str = ""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -55,7 +60,7 @@ class Dataset:
 
     def content_hash(self) -> str:
         """Return the SHA-256 of the arrays' bytes, shapes and dtypes."""
-        digest = hashlib.sha256(self.name.encode())
+        digest = hashlib.sha256(f"{self.name}|{self.task}|{self.vocab}".encode())
         for array in (self.x_train, self.y_train, self.x_test, self.y_test):
             contiguous = np.ascontiguousarray(array)
             digest.update(str((contiguous.shape, contiguous.dtype.str)).encode())
@@ -63,11 +68,15 @@ class Dataset:
         return digest.hexdigest()
 
     def tensors(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Return (x_train, y_train, x_test, y_test) as torch tensors."""
+        """Return (x_train, y_train, x_test, y_test) as torch tensors.
+
+        Inputs become ``dtype``, except token ids, which stay int64.
+        """
+        input_dtype = torch.long if self.task == "language_model" else dtype
         return (
-            torch.as_tensor(self.x_train, dtype=dtype),
+            torch.as_tensor(self.x_train, dtype=input_dtype),
             torch.as_tensor(self.y_train, dtype=torch.long),
-            torch.as_tensor(self.x_test, dtype=dtype),
+            torch.as_tensor(self.x_test, dtype=input_dtype),
             torch.as_tensor(self.y_test, dtype=torch.long),
         )
 
@@ -158,12 +167,28 @@ def load_mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_dataset(name: str, n_train: int, n_test: int) -> Dataset:
-    """Load a registered dataset by name with the given split sizes."""
+def load_shakespeare(n_train: int, n_test: int, sequence_length: int) -> Dataset:
+    """Character-level chunks of four Shakespeare plays, split by a fixed permutation."""
+    from .text import chunk_text, load_text
+
+    x, y, vocab = chunk_text(load_text(), sequence_length, n_train + n_test)
+    order = np.random.default_rng(SPLIT_SEED).permutation(x.shape[0])
+    train, test = order[:n_train], order[n_train:]
+    return Dataset(name="shakespeare", x_train=x[train], y_train=y[train], x_test=x[test],
+                   y_test=y[test], num_classes=len(vocab), task="language_model", vocab=vocab)
+
+
+def load_dataset(name: str, n_train: int, n_test: int, sequence_length: int = 32) -> Dataset:
+    """Load a registered dataset by name with the given split sizes.
+
+    ``sequence_length`` applies to the text dataset only.
+    """
+    if name == "shakespeare":
+        return load_shakespeare(n_train, n_test, sequence_length)
     if name == "digits":
         x, y = load_digits_arrays()
         return make_split(name, x, y, n_train, n_test, num_classes=10)
     if name == "mnist5k":
         x, y = load_mnist5k_arrays()
         return make_split(name, x, y, n_train, n_test, num_classes=10)
-    raise SpecError(f"unknown dataset {name!r}; expected one of: digits, mnist5k")
+    raise SpecError(f"unknown dataset {name!r}; expected one of: digits, mnist5k, shakespeare")

@@ -63,25 +63,38 @@ class FlatModel:
         self.num_params = offset
 
     def initial_parameters(self, seed: int, dtype: torch.dtype) -> torch.Tensor:
-        """Return PyTorch's default initialisation, drawn from ``seed``, as a flat vector."""
+        """Return an initialisation drawn from ``seed`` as a flat vector (P,).
+
+        Linear and Conv2d layers get PyTorch's default uniform(+-1/sqrt(fan_in)) for
+        weight and bias, embeddings N(0, 0.02^2), LayerNorm ones and zeros. Draws are
+        made in float64 on the CPU and then cast, so every dtype starts from the same
+        values.
+        """
         generator = torch.Generator().manual_seed(seed)
-        pieces = []
-        for _, sub in self.module.named_modules():
-            if isinstance(sub, (nn.Linear, nn.Conv2d)):
-                fan_in = sub.weight[0].numel()
-                bound = 1.0 / math.sqrt(fan_in)
-                weight = (torch.rand(sub.weight.shape, generator=generator, dtype=torch.float64)
-                          * 2 - 1) * bound
-                bias = (torch.rand(sub.bias.shape, generator=generator, dtype=torch.float64)
-                        * 2 - 1) * bound
-                pieces.append((weight, bias))
+
+        def uniform(shape, bound):
+            return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
         flat = []
-        for weight, bias in pieces:
-            flat += [weight.reshape(-1), bias.reshape(-1)]
-        theta = torch.cat(flat).to(dtype)
-        if theta.numel() != self.num_params:
-            raise SpecError("initialisation covers only Linear and Conv2d layers with biases")
-        return theta
+        for _, sub in self.module.named_modules():
+            own = dict(sub.named_parameters(recurse=False))
+            if not own:
+                continue
+            if isinstance(sub, (nn.Linear, nn.Conv2d)):
+                bound = 1.0 / math.sqrt(sub.weight[0].numel())
+                values = [uniform(sub.weight.shape, bound), uniform(sub.bias.shape, bound)]
+            elif isinstance(sub, nn.Embedding):
+                values = [0.02 * torch.randn(sub.weight.shape, generator=generator,
+                                             dtype=torch.float64)]
+            elif isinstance(sub, nn.LayerNorm):
+                values = [torch.ones(sub.weight.shape, dtype=torch.float64),
+                          torch.zeros(sub.bias.shape, dtype=torch.float64)]
+            else:
+                raise SpecError(f"no initialisation for layer {type(sub).__name__}")
+            if len(values) != len(own):
+                raise SpecError(f"layer {type(sub).__name__} needs weight and bias")
+            flat += [value.reshape(-1) for value in values]
+        return torch.cat(flat).to(dtype)
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
@@ -90,7 +103,7 @@ class FlatModel:
         }
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Return logits (B, C) for inputs ``x`` of shape (B, *input_shape)."""
+        """Return logits (B, C), or (B, L, V) for a language model, for a batch ``x``."""
         logits = functional_call(self.module, self.unflatten(theta), (x,))
         return logits * self.output_scale
 
@@ -122,6 +135,64 @@ def build_cnn(
     return nn.Sequential(*layers)
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention written with plain matmuls and softmax.
+
+    The fused scaled-dot-product kernels lack second derivatives on some backends;
+    the reverse pass needs Hessian-vector products, so attention is spelled out.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        q, k, v = self.qkv(x).split(width, dim=2)
+        # (B, heads, L, head_dim)
+        q, k, v = (t.view(batch, length, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+        future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, activation: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = CausalSelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), ACTIVATIONS[activation](),
+                                 nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyGPT(nn.Module):
+    """A pre-norm causal transformer: token ids (B, L) to next-token logits (B, L, V)."""
+
+    def __init__(self, vocab_size: int, sequence_length: int, width: int, layers: int,
+                 heads: int, activation: str) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Embedding(sequence_length, width)
+        self.blocks = nn.Sequential(*(Block(width, heads, activation) for _ in range(layers)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        return self.head(self.norm(self.blocks(x)))
+
+
 def build_model(
     architecture: str,
     input_shape: tuple[int, ...],
@@ -129,8 +200,13 @@ def build_model(
     hidden: list[int],
     activation: str,
     output_scale: float,
+    heads: int = 1,
 ) -> FlatModel:
-    """Build a ``FlatModel`` for the spec's architecture ('mlp' or 'cnn')."""
+    """Build a ``FlatModel`` for the spec's architecture ('mlp', 'cnn' or 'gpt').
+
+    For 'gpt', ``input_shape`` is (sequence_length,), ``num_classes`` the vocabulary
+    size, and ``hidden`` lists one width per transformer block (all equal).
+    """
     if activation not in ACTIVATIONS:
         raise SpecError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
     # Building under a fixed seed keeps module construction free of global RNG
@@ -143,6 +219,13 @@ def build_model(
             if len(input_shape) != 3:
                 raise SpecError(f"cnn needs (C, H, W) inputs, got shape {input_shape}")
             module = build_cnn(input_shape, hidden, num_classes, activation)
+        elif architecture == "gpt":
+            if len(set(hidden)) != 1 or hidden[0] % heads:
+                raise SpecError(f"gpt needs equal block widths divisible by n_heads={heads}, "
+                                f"got hidden={hidden}")
+            module = TinyGPT(num_classes, input_shape[0], hidden[0], len(hidden), heads,
+                             activation)
         else:
-            raise SpecError(f"unknown architecture {architecture!r}; expected 'mlp' or 'cnn'")
+            raise SpecError(f"unknown architecture {architecture!r}; expected 'mlp', 'cnn' "
+                            "or 'gpt'")
     return FlatModel(module, output_scale=output_scale)

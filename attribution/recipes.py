@@ -4,7 +4,8 @@
 (for example ``dtype="float64"`` or ``epochs=2``) and unknown names raise
 SpecError. The recipes are smooth in the data weights by default: GELU
 activations, average pooling, logits scaled down by 10 and a moderate learning
-rate with SGD momentum.
+rate with SGD momentum. ``shakespeare-gpt`` is a two-block character-level
+transformer trained with AdamW (``eps_root > 0``) and no dropout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         dataset="mnist5k", n_train=4000, n_test=1000, architecture="cnn", hidden=[8, 16],
         activation="gelu", output_scale=0.1, optimizer="momentum", lr=0.1, momentum=0.9,
         batch_size=100, epochs=6, seed=0,
+    ),
+    "shakespeare-gpt": dict(
+        dataset="shakespeare", n_train=2000, n_test=200, sequence_length=32,
+        architecture="gpt", hidden=[64, 64], n_heads=4, activation="gelu", output_scale=1.0,
+        optimizer="adamw", lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-8, eps_root=1e-8,
+        weight_decay=0.0, schedule="warmup_linear", warmup_fraction=0.1,
+        batch_size=50, epochs=4, seed=0,
     ),
 }
 

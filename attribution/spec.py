@@ -32,6 +32,8 @@ class TrainingSpec:
     n_test: int = 500
     architecture: str = "mlp"
     hidden: tuple[int, ...] = (64,)
+    n_heads: int = 1
+    sequence_length: int = 32
     activation: str = "gelu"
     output_scale: float = 0.1
     loss: str = "cross_entropy"
@@ -63,8 +65,8 @@ class TrainingSpec:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, tuple(DTYPES))
-        _choice("architecture", self.architecture, ("mlp", "cnn"))
-        for name in ("n_train", "n_test", "batch_size", "epochs"):
+        _choice("architecture", self.architecture, ("mlp", "cnn", "gpt"))
+        for name in ("n_train", "n_test", "batch_size", "epochs", "n_heads", "sequence_length"):
             _positive_int(name, getattr(self, name))
         if self.batch_size > self.n_train:
             raise SpecError(

@@ -49,8 +49,9 @@ class Trainer:
                  dataset: Optional[Dataset] = None, device: str | torch.device = "cpu") -> None:
         self.spec = spec
         self.dataset = dataset if dataset is not None else load_dataset(
-            spec.dataset, spec.n_train, spec.n_test
+            spec.dataset, spec.n_train, spec.n_test, spec.sequence_length
         )
+        check_task(spec, self.dataset.task)
         self.dtype = spec.torch_dtype
         self.device = torch.device(device)
         self.x_train, self.y_train, self.x_test, self.y_test = (
@@ -63,6 +64,7 @@ class Trainer:
             list(spec.hidden),
             spec.activation,
             spec.output_scale,
+            heads=spec.n_heads,
         )
         self.optimizer: Optimizer = make_optimizer(spec)
         self.lr = learning_rate_schedule(spec)
@@ -74,8 +76,11 @@ class Trainer:
     # ---------------------------------------------------------------- losses
     def per_example_losses(self, theta: torch.Tensor, x: torch.Tensor,
                            y: torch.Tensor) -> torch.Tensor:
-        """Return the loss of each example, shape (B,)."""
-        return F.cross_entropy(self.model(theta, x), y, reduction="none")
+        """Return the loss of each example, shape (B,); the mean token loss for text."""
+        logits = self.model(theta, x)
+        if logits.dim() == 3:  # (B, L, V) next-token logits
+            return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+        return F.cross_entropy(logits, y, reduction="none")
 
     def batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                    w: torch.Tensor) -> torch.Tensor:
@@ -119,19 +124,31 @@ class Trainer:
 
 def measurement_from_logits(logits: torch.Tensor, y: torch.Tensor,
                             measurement: str) -> torch.Tensor:
-    """Scalar measurement of one sample from its (scaled) logits, shape (C,).
+    """Scalar measurement of one sample from its (scaled) logits.
 
-    Written without indexing by ``y`` so that it works under ``vmap``.
+    ``logits`` is (C,) with a scalar label ``y``, or (L, V) with next tokens ``y`` (L,),
+    in which case the per-token measurements are averaged. Written without
+    indexing by ``y`` so that it works under ``vmap``.
     """
-    mask = torch.arange(logits.shape[0], device=logits.device) == y
-    correct = (logits * mask).sum()
+    mask = torch.arange(logits.shape[-1], device=logits.device) == y.unsqueeze(-1)
+    correct = (logits * mask).sum(dim=-1)
     if measurement == "loss":
-        return torch.logsumexp(logits, dim=0) - correct
-    if measurement == "logit":
-        return correct
-    # margin: correct logit minus log-sum-exp of the other logits
-    others = logits.masked_fill(mask, float("-inf"))
-    return correct - torch.logsumexp(others, dim=0)
+        values = torch.logsumexp(logits, dim=-1) - correct
+    elif measurement == "logit":
+        values = correct
+    else:
+        # margin: correct logit minus log-sum-exp of the other logits
+        others = logits.masked_fill(mask, float("-inf"))
+        values = correct - torch.logsumexp(others, dim=-1)
+    return values.mean()
+
+
+def check_task(spec: TrainingSpec, task: str) -> None:
+    """Reject a model that does not fit the dataset's task."""
+    if (task == "language_model") != (spec.architecture == "gpt"):
+        raise SpecError(f"architecture={spec.architecture!r} does not fit dataset "
+                        f"{spec.dataset!r} ({task}); use 'gpt' for text and 'mlp' or 'cnn' "
+                        "for images")
 
 
 def check_measurement(measurement: str) -> None:
@@ -364,7 +381,7 @@ def run_fingerprint(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = N
 
     Loads the dataset to hash its content (the arrays are cached after the first call).
     """
-    dataset = load_dataset(spec.dataset, spec.n_train, spec.n_test)
+    dataset = load_dataset(spec.dataset, spec.n_train, spec.n_test, spec.sequence_length)
     weights = check_data_weights(data_weights, dataset.n_train, spec.torch_dtype)
     return fingerprint_with_weights(spec.fingerprint(dataset.content_hash()), weights)
 
@@ -433,6 +450,9 @@ def evaluate_metrics(trainer: Trainer, theta: torch.Tensor) -> dict[str, float]:
     """Return test accuracy and mean test loss at ``theta``."""
     with torch.no_grad():
         logits = trainer.model(theta, trainer.x_test)
-        loss = F.cross_entropy(logits, trainer.y_test).item()
-        accuracy = (logits.argmax(1) == trainer.y_test).double().mean().item()
+        labels = trainer.y_test
+        if logits.dim() == 3:  # language model: score every next-token prediction
+            logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        loss = F.cross_entropy(logits, labels).item()
+        accuracy = (logits.argmax(1) == labels).double().mean().item()
     return {"test_accuracy": accuracy, "test_loss": loss}

@@ -242,3 +242,12 @@ def test_run_moves_between_devices_unchanged(tmp_path):
     run.save(tmp_path)
     loaded = attribution.TrainingRun.load(tmp_path, device="cpu")
     assert loaded.device == torch.device("cpu")
+
+
+def test_optimizer_without_any_adjoint_is_rejected(monkeypatch):
+    from attribution.optim import RMSprop
+
+    run = attribution.train(tiny_spec(optimizer="rmsprop", lr=0.01, eps_root=1e-6))
+    monkeypatch.setattr(RMSprop, "differentiable", False)
+    with pytest.raises(attribution.AdjointError, match="no generic path"):
+        attribution.attribute(run, [0])
