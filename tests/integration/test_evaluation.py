@@ -14,7 +14,9 @@ from service.runs import run_folder
 
 pytestmark = pytest.mark.integration
 
-EVALUATION = {"test_indices": [0, 3, 7], "fractions": [0.05, 0.1], "num_subsets": 4,
+# Test indices that the other integration tests do not attribute, because an
+# evaluation caches MAGIC's scores and those tests count replayed samples.
+EVALUATION = {"test_indices": [40, 43, 47], "fractions": [0.05, 0.1], "num_subsets": 4,
               "methods": ["magic", "tracin", "trak"]}
 
 
@@ -96,6 +98,7 @@ def test_evaluation_cancel(http, tiny_run):
     ({"fractions": [1.5]}, "fractions"),
     ({"num_subsets": 2}, "num_subsets"),
     ({"test_indices": [50]}, "test_indices"),
+    ({"methods": ["magic", "magic"]}, "methods"),
     ({"fractions": [0.001]}, "fractions"),
 ])
 def test_invalid_evaluations_422(http, tiny_run, patch, field):
