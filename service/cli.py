@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     lds.add_argument("--measurement", default="loss", choices=["loss", "margin", "logit"])
     lds.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
     lds.add_argument("--trak-proj-dim", type=int, default=None,
-                     help="TRAK's projection dimension (default 128, at most n_train / 8)")
+                     help="TRAK's projection dimension (default n_train / 16, clipped to 8..512)")
     lds.add_argument("--no-smoothness", action="store_true",
                      help="skip the smoothness probe (4 extra training runs)")
     lds.add_argument("--json", action="store_true", help="print JSON")

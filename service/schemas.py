@@ -206,7 +206,7 @@ class EvaluationCreate(BaseModel):
     seed: int = Field(default=0, ge=0, description="Seed of the subset draw.")
     trak_proj_dim: Optional[int] = Field(default=None, ge=1,
                                          description="TRAK's projection dimension "
-                                                     "(default 128, at most n_train / 8).")
+                                                     "(default n_train / 16, clipped to 8..512).")
 
     @field_validator("test_indices")
     @classmethod

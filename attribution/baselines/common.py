@@ -7,7 +7,9 @@ measurement by about ``-scores[q, i]``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from typing import Iterable, Iterator
 
 import torch
@@ -121,3 +123,19 @@ def correct_class_probability(run: TrainingRun, theta: torch.Tensor,
                               for q, i in enumerate(idx)])
     return torch.exp(-losses)
 
+
+
+@contextlib.contextmanager
+def preserved_root_logging() -> Iterator[None]:
+    """Restore the root logger's level and handlers afterwards.
+
+    traker 0.3.2 calls ``logging.basicConfig()`` and kronfluence 1.0.1 sets the root
+    logger's level to its own ``log_level``, which would silence the caller's logs.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers

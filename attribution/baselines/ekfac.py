@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from ..training import TrainingRun, measurement_from_logits
-from .common import module_at
+from .common import module_at, preserved_root_logging
 
 
 def _make_task(measurement: str):
@@ -67,7 +67,7 @@ def ekfac_scores(run: TrainingRun, test_indices: list[int], measurement: str = "
 
     # kronfluence 1.0.1 builds a disabled torch.cuda GradScaler on CPU, which only warns.
     with tempfile.TemporaryDirectory(prefix="kronfluence-") as output_dir, \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), preserved_root_logging():
         warnings.filterwarnings("ignore", message=".*GradScaler.*")
         analyzer = Analyzer(analysis_name="run", model=model, task=task,
                             cpu=trainer.device.type == "cpu", disable_tqdm=True,
