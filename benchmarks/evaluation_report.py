@@ -72,6 +72,7 @@ def evaluate_recipe(recipe: str, overrides: dict, subsets: int, sweep: bool) -> 
     smoothness = smoothness_probe(run)
     payload = result.to_dict()
     payload.update(recipe=recipe, overrides=overrides, metrics=run.metrics,
+                   trak_proj_dim=default_proj_dim(run.n_train),
                    n_train=run.n_train, num_steps=run.num_steps,
                    smoothness=smoothness.to_dict(),
                    changes={m: result.changes(m, FRACTIONS[0]) for m in result.lds})
@@ -236,7 +237,9 @@ def smoothness_table(results: dict) -> list[str]:
 def write_page(results: dict) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     plot_lds(results)
-    scatter_run = "mnist-mlp" if "mnist-mlp" in results["recipes"] else next(iter(results["recipes"]))
+    scatter_run = "mnist-mlp"
+    if scatter_run not in results["recipes"]:
+        scatter_run = next(iter(results["recipes"]))
     baseline = plot_scatter(results, scatter_run)
     plot_cost(results)
     cost = results["cost"]
@@ -257,7 +260,9 @@ def write_page(results: dict) -> None:
         "",
         "Method settings: TRAK (`traker` 0.3.2, basic CPU projector) with 5 checkpoints "
         "of the run and projection dimension "
-        f"{default_proj_dim(4000)} (at most n_train / 8); EK-FAC (`kronfluence` 1.0.1) "
+        + ", ".join(f"{entry['trak_proj_dim']} on {name}"
+                    for name, entry in results["recipes"].items())
+        + "; EK-FAC (`kronfluence` 1.0.1) "
         "with heuristic damping (0.1 times the mean eigenvalue); TracIn with 5 "
         "checkpoints at the starts of equal intervals of training.",
         "",

@@ -18,8 +18,9 @@ def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = 
     The run (spec, metadata, checkpoints) is written to a temporary sibling
     folder first and renamed, so a reader never sees half a run. Returns the
     fingerprint, metrics, split sizes and, with ``probe``, the smoothness probe's
-    result (4 extra training runs; its error message if it fails). Raises DataError if the trained run's
-    fingerprint differs from the one the service derived from spec and dataset.
+    result (4 extra training runs), or its error message if it failed. Raises
+    DataError if the trained run's fingerprint differs from the one the service
+    derived from spec and dataset.
     """
     import attribution
 
