@@ -234,6 +234,16 @@ def smoothness_table(results: dict) -> list[str]:
     return lines
 
 
+def stale_default_note(results: dict) -> str:
+    """Say so when the `trak` rows used another projection dimension than today's default."""
+    stale = [f"{entry['trak_proj_dim']} on {name}" for name, entry in results["recipes"].items()
+             if entry["trak_proj_dim"] != default_proj_dim(entry["n_train"])]
+    if not stale:
+        return ""
+    return (f"The `trak` rows used the default of their time ({', '.join(stale)}); the "
+            "default is now n_train / 16, chosen from this sweep.")
+
+
 def write_page(results: dict) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     plot_lds(results)
@@ -273,7 +283,8 @@ def write_page(results: dict) -> None:
         *lds_table(results),
         "",
         "Rows `trak-D` are TRAK with projection dimension D on the same subsets; the "
-        "dimension must stay well below the number of training examples.",
+        "dimension must stay well below the number of training examples. "
+        + stale_default_note(results),
         "",
         "## Predicted against true change",
         "",
