@@ -75,8 +75,14 @@ def evaluate_recipe(recipe: str, overrides: dict, subsets: int, sweep: bool) -> 
                    trak_proj_dim=default_proj_dim(run.n_train),
                    n_train=run.n_train, num_steps=run.num_steps,
                    smoothness=smoothness.to_dict(),
-                   changes={m: result.changes(m, FRACTIONS[0]) for m in result.lds})
+                   changes={m: first_changes(result.changes(m, FRACTIONS[0]))
+                            for m in METHODS if m in result.lds})
     return payload
+
+
+def first_changes(changes: dict, count: int = 4) -> dict:
+    """Keep the first ``count`` test samples of the predicted and true changes for the scatter."""
+    return {key: [row[:count] for row in rows] for key, rows in changes.items()}
 
 
 def measure_cost(recipe: str) -> dict:
