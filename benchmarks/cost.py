@@ -58,7 +58,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=None,
                         help="REPLAY branching factor (default: the engine's, ceil(T^(1/3)))")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     spec = attribution.recipes.get(args.recipe)
     run = attribution.train(spec)  # warm-up: loads the data set and allocator pools
     batch = list(range(args.batch))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
 import attribution
 from common import save
 
@@ -22,7 +24,11 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.01,0.05,0.1,0.2")
     parser.add_argument("--subsets", type=int, default=50)
     parser.add_argument("--test-samples", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     fractions = [float(p) for p in args.fractions.split(",")]
     results = {}
     for name in args.recipes.split(","):

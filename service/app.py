@@ -329,8 +329,8 @@ def read_scores(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=f"top_k={top_k} exceeds the {run['n_train']} training "
                                        "examples of the run")
-        labels = runs.read_labels(runs.run_folder(settings.runs_dir, job["run_id"]))
-        return _top_k(job, matrix, labels, top_k)
+        folder = runs.run_folder(settings.runs_dir, job["run_id"])
+        return _top_k(job, matrix, runs.read_labels(folder), runs.read_texts(folder), top_k)
     return ScoresPublic(job_id=job_id, measurement=job["measurement"],
                         test_indices=job["test_indices"], n_train=run["n_train"],
                         scores=matrix.tolist())
@@ -369,23 +369,29 @@ def _read_matrix(store: Store, job: dict, run: dict) -> np.ndarray:
 
 
 def _top_k(job: dict, matrix: np.ndarray, labels: tuple[np.ndarray, np.ndarray],
-           k: int) -> TopKPublic:
+           texts: Optional[tuple[np.ndarray, np.ndarray]], k: int) -> TopKPublic:
+    """Strongest proponents and opponents per test sample, with labels or chunk texts."""
     y_train, y_test = labels
     # For the loss, lower is better, so proponents have the most negative scores.
     sign = 1.0 if job["measurement"] == "loss" else -1.0
+
+    def describe(index: int, split: str) -> dict:
+        if texts is not None:
+            return {"text": str(texts[0 if split == "train" else 1][index])}
+        return {"label": int((y_train if split == "train" else y_test)[index])}
+
     top = []
     for q, test_index in enumerate(job["test_indices"]):
         order = np.argsort(sign * matrix[q], kind="stable")
+        test = {f"test_{key}": value for key, value in describe(test_index, "test").items()}
         top.append(TopInfluences(
-            test_index=test_index, test_label=int(y_test[test_index]),
-            proponents=[_influence(i, y_train, matrix[q]) for i in order[:k]],
-            opponents=[_influence(i, y_train, matrix[q]) for i in order[::-1][:k]],
+            test_index=test_index, **test,
+            proponents=[Influence(train_index=int(i), score=float(matrix[q][i]),
+                                  **describe(i, "train")) for i in order[:k]],
+            opponents=[Influence(train_index=int(i), score=float(matrix[q][i]),
+                                 **describe(i, "train")) for i in order[::-1][:k]],
         ))
     return TopKPublic(job_id=job["job_id"], measurement=job["measurement"], top_k=k, top=top)
-
-
-def _influence(index: int, y_train: np.ndarray, row: np.ndarray) -> Influence:
-    return Influence(train_index=int(index), label=int(y_train[index]), score=float(row[index]))
 
 
 # ------------------------------------------------------------- evaluations

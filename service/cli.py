@@ -80,22 +80,33 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
         np.save(args.output, result.scores.to("cpu").double().numpy())
     summary = []
-    labels = run.trainer.y_train
     for q, index in enumerate(indices):
         row = result.scores[q]
         order = row.argsort()
         summary.append({
             "test_index": index,
-            "test_label": int(run.trainer.y_test[index]),
-            "proponents": [{"train_index": int(i), "label": int(labels[i]),
+            **{f"test_{key}": value for key, value in _describe(run, index, "test").items()},
+            "proponents": [{"train_index": int(i), **_describe(run, i, "train"),
                             "score": float(row[i])} for i in order[: args.top_k]],
-            "opponents": [{"train_index": int(i), "label": int(labels[i]),
+            "opponents": [{"train_index": int(i), **_describe(run, i, "train"),
                            "score": float(row[i])} for i in order.flip(0)[: args.top_k]],
         })
     print(json.dumps({"measurement": args.measurement, "seconds": result.seconds,
                       "forward_steps_replayed": result.stats.forward_steps,
                       "scores_file": args.output, "top": summary}, indent=2))
     return 0
+
+
+def _describe(run, index: int, split: str) -> dict:
+    """The label of an image example, or the text of a language-model chunk."""
+    dataset = run.trainer.dataset
+    if dataset.task == "language_model":
+        from attribution.text import decode
+
+        tokens = (dataset.x_train if split == "train" else dataset.x_test)[int(index)]
+        return {"text": decode(tokens, dataset.vocab)}
+    labels = dataset.y_train if split == "train" else dataset.y_test
+    return {"label": int(labels[int(index)])}
 
 
 def cmd_lds(args: argparse.Namespace) -> int:

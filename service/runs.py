@@ -42,11 +42,30 @@ def run_folder(runs_dir: Path, run_id: str) -> Path:
     return Path(runs_dir) / run_id
 
 
-def write_labels(folder: Path, y_train: np.ndarray, y_test: np.ndarray) -> None:
-    np.savez(Path(folder) / LABELS_FILE, y_train=y_train, y_test=y_test)
+def write_labels(folder: Path, y_train: np.ndarray, y_test: np.ndarray,
+                 texts: tuple[list[str], list[str]] | None = None) -> None:
+    """Save the labels and, for language-model runs, the text of every train and test chunk."""
+    arrays = {"y_train": y_train, "y_test": y_test}
+    if texts is not None:
+        # Fixed-width unicode arrays, so reading needs no pickle.
+        arrays["text_train"] = np.array(texts[0], dtype=str)
+        arrays["text_test"] = np.array(texts[1], dtype=str)
+    np.savez(Path(folder) / LABELS_FILE, **arrays)
 
 
 def read_labels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return (y_train, y_test) of a saved run as int64 arrays, shapes (n_train,), (n_test,)."""
+    """Return (y_train, y_test) of a saved run as int64 arrays.
+
+    Shapes are (n_train,) and (n_test,) for classifiers; (n, L) next tokens for
+    language models.
+    """
     with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as data:
         return data["y_train"], data["y_test"]
+
+
+def read_texts(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return the (train, test) chunk texts of a language-model run, or None for images."""
+    with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as data:
+        if "text_train" not in data:
+            return None
+        return data["text_train"], data["text_test"]

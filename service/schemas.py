@@ -151,13 +151,18 @@ class ScoresPublic(BaseModel):
 
 class Influence(BaseModel):
     train_index: int = Field(description="Index into the run's training split.")
-    label: int = Field(description="Class label of the training example.")
+    label: Optional[int] = Field(
+        default=None, description="Class label of the training example (image recipes).")
+    text: Optional[str] = Field(
+        default=None, description="Text of the training chunk (language-model recipes).")
     score: float = Field(description="Influence score of this training example.")
 
 
 class TopInfluences(BaseModel):
     test_index: int
-    test_label: int
+    test_label: Optional[int] = Field(default=None, description="Class label (image recipes).")
+    test_text: Optional[str] = Field(default=None,
+                                     description="Text of the test chunk (language-model recipes).")
     proponents: list[Influence] = Field(
         description="Training examples that most improve the measurement, strongest first "
                     "(most negative scores for 'loss', most positive for 'margin' and 'logit').")

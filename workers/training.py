@@ -34,13 +34,25 @@ def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = 
     target = Path(folder)
     partial = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
     run.save(partial)
-    write_labels(partial, y_train=run.trainer.y_train.numpy(), y_test=run.trainer.y_test.numpy())
+    write_labels(partial, y_train=run.trainer.y_train.numpy(), y_test=run.trainer.y_test.numpy(),
+                 texts=_chunk_texts(run))
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)
     return {"fingerprint": run.fingerprint, "metrics": run.metrics,
             "smoothness": _probe(run) if probe else None,
             "n_train": run.n_train, "n_test": run.n_test, "num_steps": run.num_steps}
+
+
+def _chunk_texts(run) -> tuple[list[str], list[str]] | None:
+    """The text of every train and test chunk of a language-model run; None otherwise."""
+    from attribution.text import decode
+
+    dataset = run.trainer.dataset
+    if dataset.task != "language_model":
+        return None
+    return ([decode(x, dataset.vocab) for x in dataset.x_train],
+            [decode(x, dataset.vocab) for x in dataset.x_test])
 
 
 def _probe(run) -> dict:

@@ -13,6 +13,7 @@ import ray
 import attribution
 from client import (AsyncAttributionClient, ConflictError, JobFailedError, NotFoundError,
                     RequestValidationError)
+from attribution.text import decode
 from service.runs import run_folder
 
 from .conftest import TINY
@@ -162,3 +163,23 @@ def test_async_client_reads_cached_scores(service_url, tiny_run, client):
     job, scores = asyncio.run(scenario())
     assert job["cached"] == 2
     assert scores.shape == (2, 200)
+
+
+def test_language_model_top_k_shows_chunk_text(client, settings):
+    overrides = dict(n_train=30, n_test=4, sequence_length=8, hidden=[16], n_heads=2,
+                     batch_size=10, epochs=1)
+    created = client.create_run("shakespeare-gpt", overrides)
+    run = client.wait_for_run(created["run_id"], timeout=300)
+    job_id = client.submit_job(run["run_id"], [0, 2])
+    client.wait(job_id, timeout=300, progress=False)
+
+    scores = client.scores(job_id)
+    np.testing.assert_allclose(scores, _engine_scores(settings, run["run_id"], [0, 2]),
+                               rtol=1e-4, atol=1e-5 * np.abs(scores).max())
+    top = client.top_k(job_id, k=2)
+    loaded = attribution.TrainingRun.load(run_folder(settings.runs_dir, run["run_id"]))
+    dataset = loaded.trainer.dataset
+    first = top[0]["proponents"][0]
+    assert first["label"] is None
+    assert first["text"] == decode(dataset.x_train[first["train_index"]], dataset.vocab)
+    assert top[0]["test_text"] == decode(dataset.x_test[0], dataset.vocab)
