@@ -202,7 +202,8 @@ def plot_cost(results: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("test samples")
     ax.set_ylabel("seconds")
-    ax.set_title(f"cost on {cost['recipe']}", fontsize=9)
+    ax.set_title(f"cost on {cost['recipe']}, torch threads: {cost.get('threads', 'default')}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(results["hardware"], fontsize=7)
