@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.01,0.05,0.1,0.2")
     parser.add_argument("--subsets", type=int, default=50)
     parser.add_argument("--test-samples", type=int, default=20)
+    parser.add_argument("--output", default="lds", help="name of the results file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
@@ -45,7 +46,7 @@ def main() -> None:
             "seconds": time.perf_counter() - started,
         }
         print(name, {p: round(v, 3) for p, v in result.lds.items()}, flush=True)
-    save("lds", {"subsets": args.subsets, "test_samples": args.test_samples,
+    save(args.output, {"subsets": args.subsets, "test_samples": args.test_samples,
                  "fractions": fractions, "recipes": results})
 
 

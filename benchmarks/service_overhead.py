@@ -1,6 +1,6 @@
 """Service overhead, cached-job latency and throughput with 1 and 2 replay workers.
 
-Usage: python benchmarks/service.py [--repeats 3] [--samples 64]
+Usage: python benchmarks/service_overhead.py [--repeats 3] [--samples 64]
 
 Starts the embedded stack in this process (private Redis, local Ray, the app on
 a loopback port), trains mnist-mlp through the service, then per repeat and in
@@ -37,7 +37,7 @@ def run_service(args: argparse.Namespace, workers: int, storage: Path) -> dict:
         with AttributionClient(url) as client:
             created = client.create_run(args.recipe)
             run_id = client.wait_for_run(created["run_id"])["run_id"]
-            run = attribution.TrainingRun.load(run_folder(settings, run_id))
+            run = attribution.TrainingRun.load(run_folder(settings.runs_dir, run_id))
             for repeat in range(args.repeats):
                 indices = list(range(repeat * args.samples, (repeat + 1) * args.samples))
                 started = time.perf_counter()

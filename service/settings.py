@@ -103,11 +103,6 @@ class Settings(BaseSettings):
                 f"MAGIC_SHARD_SIZE={self.shard_size}: a reverse pass never sees more than one "
                 "shard; lower the batch size or raise the shard size"
             )
-        if self.shard_size > self.max_test_samples:
-            raise ValueError(
-                f"MAGIC_SHARD_SIZE={self.shard_size} exceeds MAGIC_MAX_TEST_SAMPLES="
-                f"{self.max_test_samples}; lower the shard size"
-            )
         return self
 
     @property

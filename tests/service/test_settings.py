@@ -18,9 +18,11 @@ def test_defaults_are_valid(monkeypatch):
 def test_environment_names(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6390/2")
     monkeypatch.setenv("MAGIC_SHARD_SIZE", "16")
+    monkeypatch.setenv("MAGIC_REPLAY_BATCH_SIZE", "8")
     settings = Settings()
     assert settings.redis_url == "redis://127.0.0.1:6390/2"
     assert settings.shard_size == 16
+    assert settings.replay_batch_size == 8
 
 
 def test_ray_address_without_redis_rejected():
