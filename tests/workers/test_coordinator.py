@@ -6,7 +6,7 @@ from ray.exceptions import RayTaskError
 from service.keys import JobStatus
 from service.settings import Settings
 from service.store import Store
-from workers.coordinator import SHUTDOWN_MESSAGE, RayBackend, describe_error
+from workers.coordinator import SHUTDOWN_MESSAGE, RayBackend, describe_error, shard_length
 
 
 @pytest.fixture
@@ -38,3 +38,16 @@ def test_shutdown_fails_queued_jobs(store, tmp_path):
     job = store.get_job("job1")
     assert job["status"] == JobStatus.FAILED
     assert job["error"] == SHUTDOWN_MESSAGE
+
+
+@pytest.mark.parametrize("missing,max_shard,workers,expected", [
+    (64, 64, 2, 32),   # even split over both workers
+    (16, 64, 2, 8),
+    (1, 64, 2, 1),     # fewer samples than workers
+    (300, 64, 2, 60),  # capped by the maximum: 5 shards of 60
+    (7, 3, 1, 3),
+])
+def test_shard_length_splits_evenly(missing, max_shard, workers, expected):
+    length = shard_length(missing, max_shard, workers)
+    assert length == expected
+    assert length <= max_shard
