@@ -5,7 +5,8 @@ Usage: python benchmarks/service_overhead.py [--repeats 3] [--samples 64]
 Starts the embedded stack in this process (private Redis, local Ray, the app on
 a loopback port), trains mnist-mlp through the service, then per repeat and in
 turn: a fresh 64-sample job through the service, and the same 64 samples through
-``attribution.attribute`` in this process (batch 64, the machine's threads).
+``attribution.attribute`` in this process (batch 64, one torch thread, as each
+replay worker has one CPU).
 Each repeat uses new test indices so nothing is cached. Then a fully cached job
 is resubmitted ``--cached`` times and its latency (submit to succeeded status,
 and the score fetch) recorded. Results go to benchmarks/results/service.json.
@@ -17,6 +18,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 import attribution
 from common import median, save
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--cached", type=int, default=30)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     from service.settings import Settings
     from workers.cluster import start_ray, stop_ray
 
