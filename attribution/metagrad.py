@@ -181,7 +181,7 @@ def _reverse_pass(run: TrainingRun, indices: list[int], measurement: str, policy
     for t, state in states:
         adjoint, contribution, idx = step_fn(trainer, state, t, adjoint)
         scores[:, idx] += contribution
-        _check_finite(adjoint, t)
+        _check_finite(adjoint, t, ("parameters", *trainer.optimizer.buffer_names))
     return scores
 
 
@@ -244,9 +244,9 @@ def _generic_step(trainer: Trainer, state: State, t: int, adjoint: State
     return new_adjoint, torch.stack(rows_weight).detach(), idx
 
 
-def _check_finite(adjoint: State, t: int) -> None:
+def _check_finite(adjoint: State, t: int, names: tuple[str, ...] = ("parameters",)) -> None:
     # NOTE: one host sync per step; cheap on CPU, noticeable on a GPU.
-    for name, tensor in zip(("parameters", "buffer 1", "buffer 2"), adjoint):
+    for name, tensor in zip(names, adjoint):
         if not torch.isfinite(tensor).all():
             raise AdjointError(
                 f"the {name} adjoint became NaN or infinite at step {t}: training is not "
