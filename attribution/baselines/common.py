@@ -114,15 +114,21 @@ def train_gradient_products(run: TrainingRun, theta: torch.Tensor, vectors: torc
 
 def correct_class_probability(run: TrainingRun, theta: torch.Tensor,
                               test_indices: list[int]) -> torch.Tensor:
-    """Softmax probability of the correct class of each test sample at ``theta``, shape (k,)."""
+    """Softmax probability of the correct class of each test sample at ``theta``.
+
+    Shape (k,) for a classifier and (k, L) for a language model, where entry
+    ``[q, j]`` is the probability of the next token at position j.
+    """
     trainer = run.trainer
     idx = torch.tensor(test_indices, device=trainer.device)
     with torch.no_grad():
         logits = trainer.model(theta, trainer.x_test[idx])
+        if logits.dim() == 3:  # (k, L, V) next-token logits
+            targets = trainer.y_test[idx].unsqueeze(-1)
+            return torch.softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
         losses = torch.stack([measurement_from_logits(logits[q], trainer.y_test[i], "loss")
                               for q, i in enumerate(idx)])
     return torch.exp(-losses)
-
 
 
 @contextlib.contextmanager

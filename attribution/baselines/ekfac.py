@@ -7,6 +7,16 @@ epsilon changes f_q by about ``-epsilon`` times that score, so the MAGIC-convent
 score (derivative with respect to the data weight) is its negative, divided by
 n_train because the training objective is a mean over examples.
 Damping uses kronfluence's heuristic: 0.1 times the mean eigenvalue.
+
+For a language model the training loss passed to kronfluence is the sum of
+the token cross-entropies of a chunk, as kronfluence expects, and its Hessian
+approximation is a mean over chunks of that summed loss's (kronfluence 1.0.1
+divides the eigenvalue-correction statistics by the number of examples). The run's
+objective is the mean over chunks of the mean token loss, which is that sum
+divided by the sequence length L on both sides: the Hessian and the gradient
+of example i are each 1/L of kronfluence's, so the factors of L cancel and the
+conversion above stays ``-influence / n_train``. The measurement is the run's
+own (the mean over tokens for text).
 """
 
 from __future__ import annotations
@@ -26,12 +36,18 @@ from .common import module_at, preserved_root_logging
 def _make_task(measurement: str):
     from kronfluence.task import Task
 
-    class ClassificationTask(Task):
-        """Summed cross-entropy for the factors and the run's measurement per query."""
+    class RunTask(Task):
+        """Summed cross-entropy for the factors and the run's measurement per query.
+
+        Logits are (B, C) for a classifier and (B, L, V) for a language model,
+        whose loss is summed over every token of every chunk.
+        """
 
         def compute_train_loss(self, batch, model, sample=False):
             x, y = batch
             logits = model(x)
+            logits = logits.reshape(-1, logits.shape[-1])  # (B * L, V) for text
+            y = y.reshape(-1)
             if sample:
                 with torch.no_grad():
                     y = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).flatten()
@@ -43,7 +59,7 @@ def _make_task(measurement: str):
             return torch.stack([measurement_from_logits(logits[j], y[j], measurement)
                                 for j in range(logits.shape[0])]).sum()
 
-    return ClassificationTask()
+    return RunTask()
 
 
 def ekfac_scores(run: TrainingRun, test_indices: list[int], measurement: str = "loss",

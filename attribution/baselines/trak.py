@@ -8,6 +8,13 @@ derivative of the cross-entropy loss with respect to that margin is
 The factor only fixes sign and scale per test sample, which Spearman-based LDS
 ignores apart from the sign.
 
+For a language model the model output of a chunk is its mean token margin
+(the engine's 'margin' measurement for text), and traker's out-to-loss term
+is the mean over tokens of ``1 - p`` of the next token. For the loss
+measurement the factor is ``-mean_j(1 - p_j)`` of the test chunk, an
+approximation of ``d(mean token loss) / d(mean token margin)`` that is exact
+for one token and has the right sign.
+
 Features are averaged over several checkpoints of the one run (an ensemble
 along the trajectory), and the random projection has ``proj_dim`` dimensions,
 which must stay well below n_train: the kernel ``Phi^T Phi`` is inverted without
@@ -23,13 +30,36 @@ import numpy as np
 import torch
 
 from ..errors import SpecError
-from ..training import TrainingRun
+from ..training import TrainingRun, measurement_from_logits
 from .common import (correct_class_probability, evenly_spaced_steps, module_at,
                      preserved_root_logging, states_at)
 
 logger = logging.getLogger(__name__)
 
 MEASUREMENTS = ("loss", "margin")
+
+
+def _language_model_output():
+    from trak.modelout_functions import AbstractModelOutput
+
+    class LanguageModelOutput(AbstractModelOutput):
+        """Mean token margin of one chunk, and the mean of ``1 - p`` over its tokens as Q."""
+
+        def __init__(self) -> None:  # traker 0.3.2 declares __init__ abstract
+            super().__init__()
+
+        @staticmethod
+        def get_output(model, weights, buffers, tokens, targets):
+            logits = torch.func.functional_call(model, (weights, buffers), tokens.unsqueeze(0))
+            return measurement_from_logits(logits[0], targets, "margin")
+
+        def get_out_to_loss_grad(self, model, weights, buffers, batch):
+            tokens, targets = batch
+            logits = torch.func.functional_call(model, (weights, buffers), tokens)
+            p = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            return (1 - p).mean(dim=1, keepdim=True).detach()  # (B, 1)
+
+    return LanguageModelOutput()
 
 
 def default_proj_dim(n_train: int) -> int:
@@ -67,12 +97,16 @@ def trak_scores(run: TrainingRun, test_indices: list[int], measurement: str = "l
     states = [(t, module_at(run, state[0], torch.float32).state_dict())
               for t, state in states_at(run, steps)]
     model = module_at(run, run.parameters, torch.float32)
-    x_train, y_train = trainer.x_train.float(), trainer.y_train
     idx = torch.tensor(test_indices, device=trainer.device)
-    x_test, y_test = trainer.x_test[idx].float(), trainer.y_test[idx]
+    x_train, y_train = trainer.x_train, trainer.y_train
+    x_test, y_test = trainer.x_test[idx], trainer.y_test[idx]
+    if x_train.is_floating_point():  # images; token ids stay integers
+        x_train, x_test = x_train.float(), x_test.float()
+    language_model = trainer.dataset.task == "language_model"
+    task = _language_model_output() if language_model else "image_classification"
 
     with tempfile.TemporaryDirectory(prefix="trak-") as save_dir, preserved_root_logging():
-        traker = TRAKer(model=model, task="image_classification", train_set_size=run.n_train,
+        traker = TRAKer(model=model, task=task, train_set_size=run.n_train,
                         save_dir=save_dir, device=device,
                         proj_dim=proj_dim, use_half_precision=False,
                         logging_level=logging.WARNING)
@@ -92,4 +126,5 @@ def trak_scores(run: TrainingRun, test_indices: list[int], measurement: str = "l
     if measurement == "margin":
         return margin_scores
     p_correct = correct_class_probability(run, run.parameters, test_indices)
-    return -(1 - p_correct)[:, None] * margin_scores
+    loss_per_margin = (1 - p_correct).reshape(len(test_indices), -1).mean(dim=1)
+    return -loss_per_margin[:, None] * margin_scores
