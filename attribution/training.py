@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,9 @@ def check_data_weights(weights: Optional[torch.Tensor | Sequence[float]], n_trai
 def check_test_indices(test_indices: Iterable[int], n_test: int) -> list[int]:
     """Return the indices as a list, raising TestIndexError if out of range or duplicated."""
     try:
-        indices = [int(i) for i in test_indices]
-    except (TypeError, ValueError):
+        # operator.index accepts ints and integer tensors but rejects 1.5 and "3".
+        indices = [operator.index(i) for i in test_indices]
+    except TypeError:
         raise TestIndexError(f"test indices must be integers, got {test_indices!r}") from None
     if not indices:
         raise TestIndexError("test_indices is empty; pass at least one test index")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -16,6 +17,8 @@ from typing import Annotated, Any, Callable, Literal, Optional, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import runs
@@ -96,7 +99,28 @@ def create_app(settings: Optional[Settings] = None,
     app = FastAPI(title="MAGIC data attribution", version="1", lifespan=lifespan,
                   description=__doc__.split("\n\n")[0] + "\n\n" + _SIGN_CONVENTION)
     app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """Return 422 with the errors, with rejected NaN or infinite inputs written as strings.
+
+    FastAPI's default handler echoes each rejected input, and JSON cannot carry NaN,
+    so a body such as ``{"test_indices": [NaN]}`` would otherwise end in a 500.
+    """
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                        content={"detail": _json_safe(jsonable_encoder(error.errors()))})
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 _SIGN_CONVENTION = (

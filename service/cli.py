@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_RUNS_DIR = Path("magic-runs")
+DEFAULT_RECIPE = "mnist-mlp"
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -36,19 +36,37 @@ def _parse_indices(text: str) -> list[int]:
     indices: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if "-" in part:
-            low, high = part.split("-", 1)
-            indices.extend(range(int(low), int(high) + 1))
-        elif part:
-            indices.append(int(part))
+        try:
+            if "-" in part:
+                low, high = (int(bound) for bound in part.split("-", 1))
+                if high < low:
+                    raise SystemExit(f"error: test index range {part!r} is reversed; "
+                                     f"write {high}-{low}")
+                indices.extend(range(low, high + 1))
+            elif part:
+                indices.append(int(part))
+        except ValueError:
+            raise SystemExit(f"error: --test-indices {text!r} is invalid; write non-negative "
+                             "integers and ranges such as 0,5,9 or 0-15") from None
     return indices
+
+
+def _parse_fractions(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --fractions {text!r} is invalid; write drop fractions such "
+                         "as 0.01,0.05") from None
 
 
 def _load_or_train(args: argparse.Namespace):
     import attribution
 
-    spec = attribution.recipes.get(args.recipe, **_parse_overrides(args.set))
-    if args.run_dir and (Path(args.run_dir) / "run.json").is_file():
+    saved = bool(args.run_dir) and (Path(args.run_dir) / "run.json").is_file()
+    if saved and args.recipe is None and not args.set:
+        return attribution.TrainingRun.load(args.run_dir)
+    spec = attribution.recipes.get(args.recipe or DEFAULT_RECIPE, **_parse_overrides(args.set))
+    if saved:
         run = attribution.TrainingRun.load(args.run_dir)
         if run.spec != spec:
             raise SystemExit(f"error: {args.run_dir} holds a run of another spec; "
@@ -70,6 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_attribute(args: argparse.Namespace) -> int:
     import attribution
 
+    if args.top_k < 1:
+        raise SystemExit(f"error: --top-k {args.top_k} must be at least 1")
     run = _load_or_train(args)
     indices = _parse_indices(args.test_indices)
     result = attribution.attribute_with_stats(run, indices, measurement=args.measurement,
@@ -118,7 +138,7 @@ def cmd_lds(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     methods = check_methods(m.strip() for m in args.methods.split(",") if m.strip())
-    fractions = [float(p) for p in args.fractions.split(",")]
+    fractions = _parse_fractions(args.fractions)
     run = _load_or_train(args)
     options = {"trak": {"proj_dim": args.trak_proj_dim}} if args.trak_proj_dim else {}
     result = compare_methods(run, range(args.test_samples), methods, fractions=fractions,
@@ -128,7 +148,8 @@ def cmd_lds(args: argparse.Namespace) -> int:
     if smoothness is not None and smoothness.warning:
         print(f"warning: {smoothness.warning}", file=sys.stderr)
 
-    payload = {"recipe": args.recipe, "subsets": args.subsets,
+    payload = {"recipe": args.recipe, "run_fingerprint": run.fingerprint,
+               "subsets": args.subsets,
                "test_samples": args.test_samples, **result.to_dict(),
                "smoothness": None if smoothness is None else smoothness.to_dict(),
                "method_seconds": result.seconds, "seconds": time.perf_counter() - started}
@@ -147,7 +168,9 @@ def cmd_lds(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="mnist-mlp", help="recipe name (default mnist-mlp)")
+    parser.add_argument("--recipe", default=None,
+                        help=f"recipe name (default {DEFAULT_RECIPE}, or the run saved in "
+                             "--run-dir when neither --recipe nor --set is given)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set epochs=2 --set dtype=float64")
     parser.add_argument("--run-dir", default=None,

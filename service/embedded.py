@@ -76,8 +76,13 @@ class EmbeddedRedis:
                         "--appendfsync", "everysec"]
         else:
             command += ["--dir", str(self._socket_dir), "--appendonly", "no"]
+        # The server inherits the lock file, so the lock lives as long as the server
+        # does: after a SIGKILL of this process, an orphaned server still holds it
+        # and a restart on the same folder is rejected instead of sharing the file.
+        inherited = (self._lock_file.fileno(),) if self._lock_file is not None else ()
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         pass_fds=inherited)
         self._wait_until_ready(timeout)
         logger.info("started redis-server (pid %d) on %s, data in %s", self._process.pid,
                     socket_path, self.data_dir or "memory only")
@@ -113,8 +118,10 @@ class EmbeddedRedis:
             self._lock_file.close()
             self._lock_file = None
             raise EmbeddedRedisError(
-                f"another service already runs a Redis on {self.data_dir}; stop it or set "
-                "MAGIC_STORAGE_DIR to another folder"
+                f"another service already runs a Redis on {self.data_dir}; stop it (after a "
+                "killed service, stop its orphaned redis-server: `fuser "
+                f"{self.data_dir / 'redis.lock'}` lists it) or set MAGIC_STORAGE_DIR to "
+                "another folder"
             ) from None
 
     def _wait_until_ready(self, timeout: float) -> None:

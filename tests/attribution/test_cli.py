@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from service.cli import main
 
 TINY = ["--recipe", "digits-mlp", "--set", "n_train=60", "--set", "n_test=10",
@@ -34,3 +36,21 @@ def test_lds_prints_json(capsys):
 def test_bad_index_exits_with_message(capsys):
     assert main(["attribute", *TINY, "--test-indices", "10"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_attribute_reuses_saved_spec_without_recipe(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["train", *TINY, "--run-dir", run_dir]) == 0
+    capsys.readouterr()
+    assert main(["attribute", "--run-dir", run_dir, "--test-indices", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"][0]["test_index"] == 1
+
+
+@pytest.mark.parametrize("arguments,match", [
+    (["--test-indices", "a"], "--test-indices 'a' is invalid"),
+    (["--test-indices", "3-1"], "reversed"),
+    (["--test-indices", "0", "--top-k", "0"], "--top-k 0 must be at least 1"),
+])
+def test_bad_attribute_arguments_exit_with_message(arguments, match):
+    with pytest.raises(SystemExit, match=match):
+        main(["attribute", *TINY, *arguments])

@@ -251,3 +251,10 @@ def test_optimizer_without_any_adjoint_is_rejected(monkeypatch):
     monkeypatch.setattr(RMSprop, "differentiable", False)
     with pytest.raises(attribution.AdjointError, match="no generic path"):
         attribution.attribute(run, [0])
+
+
+def test_fractional_test_index_is_rejected():
+    run = attribution.train(tiny_spec())
+    with pytest.raises(attribution.TestIndexError, match="must be integers"):
+        attribution.attribute(run, [1.5])
+    assert attribution.attribute(run, [torch.tensor(1)]).shape == (1, run.n_train)

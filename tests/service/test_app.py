@@ -232,3 +232,15 @@ def test_openapi_documents_sign_convention(api):
     schema = api.get("/openapi.json").json()
     description = schema["components"]["schemas"]["ScoresPublic"]["properties"]["scores"]
     assert "-scores[q][i]" in description["description"]
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/jobs", '{"run_id": "abc", "test_indices": [NaN]}', "test_indices"),
+    ("/v1/runs", '{"recipe": NaN}', "recipe"),
+    ("/v1/runs", '{"recipe": "digits-mlp", "overrides": {"lr": Infinity}, "x": -Infinity}',
+     "x"),
+])
+def test_non_finite_json_is_422_not_500(api, path, body, field):
+    response = api.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
