@@ -84,8 +84,9 @@ class TrainingSpec:
             _finite(name, getattr(self, name), low=0.0, low_open=True)
         _finite("weight_decay", self.weight_decay, low=0.0)
         _finite("momentum", self.momentum, low=0.0, high=1.0)
-        _finite("beta1", self.beta1, low=0.0, high=1.0)
-        _finite("beta2", self.beta2, low=0.0, high=1.0)
+        # Adam's bias correction divides by 1 - beta^(t+1), so beta = 1 is invalid.
+        _finite("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        _finite("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
         _finite("eps", self.eps, low=0.0)
         _finite("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
         if self.optimizer in ("adamw", "rmsprop") and not self.eps_root > 0:
@@ -183,11 +184,13 @@ def _finite(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(f"{name}={value!r} must be a finite number")
     if low is not None and (value < low or (low_open and value == low)):
         bound = "greater than" if low_open else "at least"
         raise SpecError(f"{name}={value!r} must be {bound} {low}")
-    if high is not None and value > high:
-        raise SpecError(f"{name}={value!r} must be at most {high}")
+    if high is not None and (value > high or (high_open and value == high)):
+        bound = "less than" if high_open else "at most"
+        raise SpecError(f"{name}={value!r} must be {bound} {high}")

@@ -127,6 +127,7 @@ def test_mnist_recipe_loads_real_images():
     (dict(optimizer="adamw", eps_root=0.0), "eps_root"),
     (dict(batch_size=500), "exceeds n_train"),
     (dict(dtype="float16"), "dtype='float16'"),
+    (dict(optimizer="adamw", beta2=1.0), "beta2=1.0 must be less than 1.0"),
 ])
 def test_invalid_spec_fields_are_rejected(overrides, match):
     with pytest.raises(attribution.SpecError, match=match):
