@@ -410,10 +410,14 @@ def _top_k(job: dict, matrix: np.ndarray, labels: tuple[np.ndarray, np.ndarray],
         test = {f"test_{key}": value for key, value in describe(test_index, "test").items()}
         top.append(TopInfluences(
             test_index=test_index, **test,
+            # A proponent must help and an opponent hurt, so with k near n_train each
+            # list stops where the scores change sign.
             proponents=[Influence(train_index=int(i), score=float(matrix[q][i]),
-                                  **describe(i, "train")) for i in order[:k]],
+                                  **describe(i, "train"))
+                        for i in order[:k] if sign * matrix[q][i] < 0],
             opponents=[Influence(train_index=int(i), score=float(matrix[q][i]),
-                                 **describe(i, "train")) for i in order[::-1][:k]],
+                                 **describe(i, "train"))
+                       for i in order[::-1][:k] if sign * matrix[q][i] > 0],
         ))
     return TopKPublic(job_id=job["job_id"], measurement=job["measurement"], top_k=k, top=top)
 

@@ -102,14 +102,18 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     summary = []
     for q, index in enumerate(indices):
         row = result.scores[q]
-        order = row.argsort()
+        # Lower loss is better, higher margin or logit is better.
+        signed = row if args.measurement == "loss" else -row
+        order = signed.argsort()
         summary.append({
             "test_index": index,
             **{f"test_{key}": value for key, value in _describe(run, index, "test").items()},
             "proponents": [{"train_index": int(i), **_describe(run, i, "train"),
-                            "score": float(row[i])} for i in order[: args.top_k]],
+                            "score": float(row[i])}
+                           for i in order[: args.top_k] if signed[i] < 0],
             "opponents": [{"train_index": int(i), **_describe(run, i, "train"),
-                           "score": float(row[i])} for i in order.flip(0)[: args.top_k]],
+                           "score": float(row[i])}
+                          for i in order.flip(0)[: args.top_k] if signed[i] > 0],
         })
     print(json.dumps({"measurement": args.measurement, "seconds": result.seconds,
                       "forward_steps_replayed": result.stats.forward_steps,

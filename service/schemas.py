@@ -164,10 +164,11 @@ class TopInfluences(BaseModel):
     test_text: Optional[str] = Field(default=None,
                                      description="Text of the test chunk (language-model recipes).")
     proponents: list[Influence] = Field(
-        description="Training examples that most improve the measurement, strongest first "
-                    "(most negative scores for 'loss', most positive for 'margin' and 'logit').")
+        description="Up to top_k training examples that improve the measurement, strongest "
+                    "first (negative scores for 'loss', positive for 'margin' and 'logit').")
     opponents: list[Influence] = Field(
-        description="Training examples that most worsen the measurement, strongest first.")
+        description="Up to top_k training examples that worsen the measurement, strongest "
+                    "first.")
 
 
 class TopKPublic(BaseModel):

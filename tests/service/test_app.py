@@ -244,3 +244,14 @@ def test_non_finite_json_is_422_not_500(api, path, body, field):
     response = api.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
+
+
+def test_top_k_splits_by_sign(api, ready_run, store):
+    job_id = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]}).json()["job_id"]
+    scores = np.array([np.linspace(-1, 3, 200)], dtype=np.float32)  # 50 negative scores
+    _finish_job(store, job_id, scores)
+    top = api.get(f"/v1/jobs/{job_id}/scores", params={"top_k": 200}).json()["top"][0]
+    assert len(top["proponents"]) == 50
+    assert len(top["opponents"]) == 150
+    assert all(item["score"] < 0 for item in top["proponents"])
+    assert all(item["score"] > 0 for item in top["opponents"])
