@@ -2,9 +2,9 @@
 
 ``scores[q, i]`` is the derivative of test sample q's measurement with respect to
 training example i's data weight at w = 1. Removing example i changes the
-measurement by about ``-scores[q, i]``; for the loss measurement a negative score
-marks a proponent (the example lowers the test loss) and a positive one an
-opponent.
+measurement by about ``-scores[q, i]``. For the loss measurement, a negative
+score marks a proponent (the example lowers the test loss) and a positive one
+an opponent.
 """
 
 __version__ = "0.1.0"

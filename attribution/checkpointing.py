@@ -32,20 +32,20 @@ class ReplayStats:
 
     forward_steps: int = 0
     peak_states: int = 0
-    _held: int = field(default=0, repr=False)
+    _states_in_memory: int = field(default=0, repr=False)
 
     def hold(self, count: int = 1) -> None:
-        self._held += count
-        self.peak_states = max(self.peak_states, self._held)
+        self._states_in_memory += count
+        self.peak_states = max(self.peak_states, self._states_in_memory)
 
     def release(self, count: int = 1) -> None:
-        self._held -= count
+        self._states_in_memory -= count
 
 
 def default_branching(policy: str, num_steps: int) -> int:
     """sqrt(T) for 'interval'; for 'replay' the smallest k with about two tree levels.
 
-    With k = ceil(T^(1/3)) REPLAY holds about 3k states and replays about 2.7 T
+    With k = ceil(T^(1/3)) REPLAY keeps about 3k states and replays about 2.7 T
     forward steps (T = 400 gives k = 8).
     """
     if policy == "interval":

@@ -139,7 +139,7 @@ class MethodComparison:
 
     ``lds[method][p]`` is the mean over test samples, ``per_sample[method][p]`` the
     (k,) Spearman correlations, ``predicted[method][p]`` the (num_subsets, k)
-    predicted measurements; ``failed[method]`` holds the error of a method that
+    predicted measurements; ``failed[method]`` contains the error of a method that
     failed, which then has no LDS.
     """
 

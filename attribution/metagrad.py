@@ -187,7 +187,7 @@ def _reverse_pass(run: TrainingRun, indices: list[int], measurement: str, policy
 
 def _manual_step(trainer: Trainer, state: State, t: int, adjoint: State
                  ) -> tuple[State, torch.Tensor, torch.Tensor]:
-    """One reverse step with the optimizer's hand-written adjoint."""
+    """Run one reverse step with the optimizer's hand-written adjoint."""
     idx, x, y, w = trainer.batch(t)
     lr = trainer.lr(t)
     with torch.enable_grad():
@@ -219,7 +219,7 @@ def _second_order(g: torch.Tensor, theta: torch.Tensor, w_batch: torch.Tensor,
 
 def _generic_step(trainer: Trainer, state: State, t: int, adjoint: State
                   ) -> tuple[State, torch.Tensor, torch.Tensor]:
-    """One reverse step by autograd through the rebuilt step (reference path)."""
+    """Run one reverse step by autograd through the rebuilt step (the reference path)."""
     idx, x, y, w = trainer.batch(t)
     lr = trainer.lr(t)
     with torch.enable_grad():

@@ -66,6 +66,7 @@ class TrainingSpec:
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, tuple(DTYPES))
         _choice("architecture", self.architecture, ("mlp", "cnn", "gpt"))
+
         for name in ("n_train", "n_test", "batch_size", "epochs", "n_heads", "sequence_length"):
             _positive_int(name, getattr(self, name))
         if self.batch_size > self.n_train:
@@ -80,6 +81,7 @@ class TrainingSpec:
                 f"checkpoint_every={self.checkpoint_every!r} must be 0 (only the first and "
                 "last state) or a positive number of steps"
             )
+
         for name in ("lr", "output_scale"):
             _finite(name, getattr(self, name), low=0.0, low_open=True)
         _finite("weight_decay", self.weight_decay, low=0.0)
@@ -89,6 +91,7 @@ class TrainingSpec:
         _finite("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
         _finite("eps", self.eps, low=0.0)
         _finite("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
+
         if self.optimizer in ("adamw", "rmsprop") and not self.eps_root > 0:
             raise SpecError(
                 f"eps_root={self.eps_root!r} with optimizer {self.optimizer!r}: the adjoint "

@@ -69,7 +69,7 @@ def chunk_text(text: str, sequence_length: int, count: int) -> tuple[np.ndarray,
     span = sequence_length + 1
     available = len(text) // span
     if count > available:
-        raise SpecError(f"the text holds {available} chunks of {span} characters, fewer than "
+        raise SpecError(f"the text contains {available} chunks of {span} characters, fewer than "
                         f"the {count} requested; lower n_train + n_test or sequence_length")
     tokens = np.fromiter((lookup[ch] for ch in text[: available * span]), dtype=np.int64)
     chunks = tokens.reshape(available, span)

@@ -409,7 +409,7 @@ def train(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
         raise SpecError(f"train expects a TrainingSpec, got {type(spec).__name__}")
     started = time.perf_counter()
     trainer = Trainer(spec, data_weights, device=device)
-    wanted = checkpoint_steps(spec) if keep_checkpoints else {0, spec.num_steps}
+    saved_steps = checkpoint_steps(spec) if keep_checkpoints else {0, spec.num_steps}
     state = trainer.initial_state()
     checkpoints: dict[int, State] = {0: state}
     losses = []
@@ -431,7 +431,7 @@ def train(spec: TrainingSpec, data_weights: Optional[torch.Tensor] = None,
                 f"parameters became NaN or infinite at step {t}; lower the learning rate "
                 f"(lr={spec.lr}) or the output scale"
             )
-        if t + 1 in wanted:
+        if t + 1 in saved_steps:
             checkpoints[t + 1] = tuple(x.detach() for x in state)
     metrics = evaluate_metrics(trainer, checkpoints[spec.num_steps][0])
     metrics["final_train_loss"] = float(sum(losses[-trainer.order.steps_per_epoch:]) /

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 
 from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, job_body, load_npy,
-                    raise_for_status, retry_after_seconds, should_retry)
-from ._errors import (JobFailedError, RunFailedError, ServiceConnectionError,
+                    raise_for_status, retry_after_seconds, run_is_ready, should_retry)
+from ._errors import (JobFailedError, ServiceConnectionError,
                       WaitTimeoutError)
 from ._progress import JobProgress
 
@@ -64,12 +64,8 @@ class AsyncAttributionClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             run = await self.get_run(run_id)
-            if run["status"] == "ready":
+            if run_is_ready(run, deadline, timeout):
                 return run
-            if run["status"] == "failed":
-                raise RunFailedError(run)
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeoutError(f"training run {run_id} still training after {timeout} s")
             await asyncio.sleep(poll_interval)
 
     # ---------------------------------------------------------------- jobs

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import httpx
 import numpy as np
 
-from ._errors import STATUS_ERRORS, APIError
+from ._errors import STATUS_ERRORS, APIError, RunFailedError, WaitTimeoutError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
@@ -66,6 +67,21 @@ def raise_for_status(response: httpx.Response) -> None:
     error_class = STATUS_ERRORS.get(response.status_code, APIError)
     raise error_class(response.status_code, detail, retry_after=retry_after_seconds(response),
                       method=response.request.method, url=str(response.request.url))
+
+
+def run_is_ready(run: dict, deadline: Optional[float], timeout: Optional[float]) -> bool:
+    """Return True once ``run`` is ready, False while it trains.
+
+    Raises RunFailedError for a failed run and WaitTimeoutError past ``deadline``
+    (a ``time.monotonic()`` value, or None for no limit).
+    """
+    if run["status"] == "ready":
+        return True
+    if run["status"] == "failed":
+        raise RunFailedError(run)
+    if deadline is not None and time.monotonic() > deadline:
+        raise WaitTimeoutError(f"training run {run['run_id']} still training after {timeout} s")
+    return False
 
 
 def job_body(run_id: str, test_indices, measurement: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def _load_or_train(args: argparse.Namespace):
     if saved:
         run = attribution.TrainingRun.load(args.run_dir)
         if run.spec != spec:
-            raise SystemExit(f"error: {args.run_dir} holds a run of another spec; "
+            raise SystemExit(f"error: {args.run_dir} contains a run of another spec; "
                              "pass a new --run-dir or the same --recipe and --set values")
         return run
     run = attribution.train(spec, progress=True)
@@ -122,7 +122,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def _describe(run, index: int, split: str) -> dict:
-    """The label of an image example, or the text of a language-model chunk."""
+    """Return the label of an image example, or the text of a language-model chunk."""
     dataset = run.trainer.dataset
     if dataset.task == "language_model":
         from attribution.text import decode

@@ -4,7 +4,7 @@ Starts a private Redis (append-only file in ``<storage>/redis``) and a local
 Ray, and serves the API on a loopback port. It then trains ``mnist-mlp`` as a
 Ray task, submits one attribution job through the Python client and prints
 each test image's strongest proponents and opponents. Both the run and the scores
-persist in the storage folder, so a second demo is answered from the cache.
+persist in the storage folder, so a second demo is served from the cache.
 """
 
 from __future__ import annotations

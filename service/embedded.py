@@ -76,9 +76,9 @@ class EmbeddedRedis:
                         "--appendfsync", "everysec"]
         else:
             command += ["--dir", str(self._socket_dir), "--appendonly", "no"]
-        # The server inherits the lock file, so the lock lives as long as the server
-        # does: after a SIGKILL of this process, an orphaned server still holds it
-        # and a restart on the same folder is rejected instead of sharing the file.
+        # The server inherits the lock file, so the lock lives as long as the server.
+        # After a SIGKILL of this process the orphaned server keeps the lock, and a
+        # restart on the same folder is rejected instead of sharing the file.
         inherited = (self._lock_file.fileno(),) if self._lock_file is not None else ()
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -45,7 +45,7 @@ def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = 
 
 
 def _chunk_texts(run) -> tuple[list[str], list[str]] | None:
-    """The text of every train and test chunk of a language-model run; None otherwise."""
+    """Return the text of every train and test chunk of a language-model run, else None."""
     from attribution.text import decode
 
     dataset = run.trainer.dataset

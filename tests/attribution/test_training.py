@@ -114,7 +114,8 @@ def test_mnist_recipe_loads_real_images():
     data = load_dataset(spec.dataset, spec.n_train, spec.n_test)
     assert data.x_train.shape == (4000, 1, 28, 28)
     assert data.x_test.shape == (1000, 1, 28, 28)
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.x_train.min() >= 0.0
+    assert data.x_train.max() <= 1.0
     assert sorted(np.unique(data.y_train).tolist()) == list(range(10))
 
 
