@@ -2,15 +2,19 @@
 
 A run id is the first 24 hex digits of the run fingerprint, the SHA-256 of
 the canonical training spec and the dataset's content hash, so the same spec
-on the same data always gets the same run id.
+on the same data always gets the same run id. With API keys on, the owner id
+of the key goes into the hash too (``run_id_from_fingerprint``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+
+from . import storage
 
 RUN_ID_LENGTH = 24
 LABELS_FILE = "labels.npz"
@@ -34,8 +38,16 @@ def run_fingerprint(spec) -> str:
     return attribution.run_fingerprint(spec)
 
 
-def run_id_from_fingerprint(fingerprint: str) -> str:
-    return fingerprint[:RUN_ID_LENGTH]
+def run_id_from_fingerprint(fingerprint: str, owner: Optional[str] = None) -> str:
+    """Return the run id of a fingerprint, or of a fingerprint and an API key's owner id.
+
+    Each key gets its own run of a spec, so no key sees or retrains another's run.
+    Runs of one spec share the fingerprint and therefore the cached score vectors,
+    which deterministic training makes identical.
+    """
+    if owner is None:
+        return fingerprint[:RUN_ID_LENGTH]
+    return hashlib.sha256(f"{fingerprint}:{owner}".encode()).hexdigest()[:RUN_ID_LENGTH]
 
 
 def run_folder(runs_dir: Path, run_id: str) -> Path:
@@ -53,19 +65,21 @@ def write_labels(folder: Path, y_train: np.ndarray, y_test: np.ndarray,
     np.savez(Path(folder) / LABELS_FILE, **arrays)
 
 
-def read_labels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return (y_train, y_test) of a saved run as int64 arrays.
+def read_labels(folder: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (y_train, y_test) of a saved run, in a folder or at an fsspec URL, as int64 arrays.
 
     Shapes are (n_train,) and (n_test,) for classifiers; (n, L) next tokens for
     language models.
     """
-    with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as data:
+    with storage.open_run_file(str(folder), LABELS_FILE) as handle, \
+            np.load(handle, allow_pickle=False) as data:
         return data["y_train"], data["y_test"]
 
 
-def read_texts(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def read_texts(folder: Path | str) -> tuple[np.ndarray, np.ndarray] | None:
     """Return the (train, test) chunk texts of a language-model run, or None for images."""
-    with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as data:
+    with storage.open_run_file(str(folder), LABELS_FILE) as handle, \
+            np.load(handle, allow_pickle=False) as data:
         if "text_train" not in data:
             return None
         return data["text_train"], data["text_test"]

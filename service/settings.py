@@ -8,12 +8,13 @@ the service refuses to start instead of failing on the first request.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 DAY_SECONDS = 24 * 3600
@@ -22,7 +23,10 @@ DAY_SECONDS = 24 * 3600
 class Settings(BaseSettings):
     """Configuration of the attribution service and its embedded Redis and Ray."""
 
-    model_config = SettingsConfigDict(env_prefix="MAGIC_", extra="ignore", frozen=True)
+    # Errors leave out the rejected values, because MAGIC_API_KEYS may contain a plaintext
+    # key by mistake and REDIS_URL a password.
+    model_config = SettingsConfigDict(env_prefix="MAGIC_", extra="ignore", frozen=True,
+                                      hide_input_in_errors=True)
 
     redis_url: Optional[str] = Field(
         default=None,
@@ -52,6 +56,21 @@ class Settings(BaseSettings):
                                   description="Maximum test samples in one attribution job.")
     max_active_jobs: int = Field(default=8, ge=1,
                                  description="Queued or running jobs before new ones get 503.")
+    max_score_values: int = Field(
+        default=2**25, ge=1,
+        description="Maximum values in the score matrix of one request (test samples times "
+                    "training examples); a larger job, evaluation or prediction gets 422.")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024,
+                                description="Maximum request body in bytes; a larger one gets 413.")
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="SHA-256 hex digests of the accepted API keys, as a JSON list or "
+                    "separated by commas (`magic-attr hash-key` prints one); empty turns "
+                    "authentication off.")
+    allow_unauthenticated_public: bool = Field(
+        default=False,
+        description="Let `magic-attr serve` listen on a non-loopback address with no "
+                    "MAGIC_API_KEYS, so anyone who reaches it can use the API.")
     score_ttl_s: int = Field(default=30 * DAY_SECONDS, ge=0,
                              description="Expiry of cached score vectors in seconds; 0 keeps them.")
     job_ttl_s: int = Field(default=30 * DAY_SECONDS, ge=0,
@@ -64,6 +83,26 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="Time limit of short Ray calls (actor start-up, run loading) in seconds.",
     )
+    shard_retries: int = Field(
+        default=2, ge=0, le=100,
+        description="Times a shard is handed to a fresh replay worker after its worker "
+                    "process died; samples it already cached are not computed again.")
+    replay_worker_gpus: float = Field(
+        default=1.0, gt=0, le=8,
+        description="GPUs each replay worker requests when the cluster has GPUs (a "
+                    "fraction packs several workers on one GPU); without GPUs each takes 1 CPU.")
+    worker_idle_s: float = Field(
+        default=600.0, ge=0,
+        description="Seconds a warm replay worker waits for the next job on its run before "
+                    "it stops and frees its CPU or GPU; 0 stops workers after every job.")
+    job_lease_s: float = Field(
+        default=30.0, ge=2,
+        description="Lease of a service process on the jobs it holds, renewed while it "
+                    "runs; a queued or running job whose lease lapsed is resumed by the "
+                    "next service process that sees it.")
+    redis_retry_s: float = Field(
+        default=30.0, ge=0,
+        description="Seconds of reconnecting with backoff before a Redis call fails.")
     evaluation_parallelism: int = Field(
         default=2, ge=1, le=1024,
         description="Retraining tasks of one evaluation job in flight at once.")
@@ -75,6 +114,50 @@ class Settings(BaseSettings):
                                      description="Object store of the local Ray in MiB.")
     ray_dashboard: bool = Field(default=False,
                                 description="Start the Ray dashboard with the local Ray.")
+    runs_url: Optional[str] = Field(
+        default=None,
+        description="fsspec URL for training runs (s3://bucket/runs, gs://..., file:///shared/"
+                    "runs); unset keeps them in MAGIC_STORAGE_DIR/runs. Workers copy each run "
+                    "once into MAGIC_RUN_CACHE_DIR.")
+    run_cache_dir: Optional[Path] = Field(
+        default=None,
+        description="Local folder for the read-only copies of runs stored at MAGIC_RUNS_URL; "
+                    "read from the environment of each Ray node (default: a folder in the "
+                    "temporary directory).")
+    train_task_cpus: float = Field(default=1.0, gt=0, le=1024,
+                                   description="CPUs that Ray reserves for one training task.")
+    replay_worker_cpus: float = Field(
+        default=1.0, gt=0, le=1024,
+        description="CPUs that Ray reserves for one replay worker, beside its "
+                    "MAGIC_REPLAY_WORKER_GPUS when the cluster has GPUs.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_key_hashes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError("MAGIC_API_KEYS starts with '[' but is not a JSON list; "
+                                     'write ["<hash>", ...] or separate the hashes with '
+                                     "commas") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_key_hashes(cls, hashes: tuple[str, ...]) -> tuple[str, ...]:
+        from .auth import is_key_hash
+
+        for position, value in enumerate(hashes):
+            # The message leaves the value out: it may be a plaintext key.
+            if not is_key_hash(value):
+                raise ValueError(f"MAGIC_API_KEYS entry {position} is not a SHA-256 hex digest "
+                                 "(64 hex digits); store the hash of each key, never the key: "
+                                 "`magic-attr hash-key` prints it")
+        return tuple(value.lower() for value in hashes)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Settings":
@@ -91,7 +174,15 @@ class Settings(BaseSettings):
                 "reach the private Redis on this machine's unix socket; set REDIS_URL to a "
                 "Redis server that every Ray node can reach"
             )
-        if self.ray_address is not None and not self.storage_dir.is_absolute():
+        if self.runs_url is not None:
+            from .storage import check_url
+
+            check_url(self.runs_url)
+            if self.ray_address is not None and self.runs_url.startswith("memory://"):
+                raise ValueError(
+                    "MAGIC_RUNS_URL is a memory:// URL while RAY_ADDRESS is set: an in-memory "
+                    "file system is private to one process; use s3://, gs:// or file://")
+        elif self.ray_address is not None and not self.storage_dir.is_absolute():
             raise ValueError(
                 f"MAGIC_STORAGE_DIR={str(self.storage_dir)!r} is relative while RAY_ADDRESS "
                 "is set: Ray workers resolve it against their own working folder; set an "

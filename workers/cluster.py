@@ -77,6 +77,22 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0.0) >= 1
 
 
+def replay_worker_resources(settings: "Settings") -> dict:
+    """Return the Ray resource options of one replay worker.
+
+    On a cluster with GPUs a worker reserves ``MAGIC_REPLAY_WORKER_GPUS`` GPUs
+    and ``MAGIC_REPLAY_WORKER_CPUS`` CPUs, elsewhere only the CPUs.
+    """
+    if cluster_has_gpus():
+        return {"num_cpus": settings.replay_worker_cpus, "num_gpus": settings.replay_worker_gpus}
+    return {"num_cpus": settings.replay_worker_cpus}
+
+
+def training_resources(settings: "Settings") -> dict:
+    """Return the Ray resource options of one training or retraining task."""
+    return {"num_cpus": settings.train_task_cpus}
+
+
 def _require_loopback() -> None:
     """Stop the local Ray and raise if it bound an address other than loopback."""
     address = ray.util.get_node_ip_address()

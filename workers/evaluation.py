@@ -15,16 +15,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import ray
 
+from service import storage
 from service.keys import JobStatus, RunStatus, retrained_arguments, score_arguments
-from service.runs import run_folder
 from service.settings import Settings
 from service.store import Store
+
+from .cluster import training_resources
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def retrain_task(folder: str, removed: list[int], measurement: str) -> np.ndarra
     import attribution
     from attribution.lds import retrain_without
 
-    run = attribution.TrainingRun.load(folder)
+    run = attribution.TrainingRun.load(storage.local_run_folder(folder))
     return retrain_without(run, removed, measurement)
 
 
@@ -53,7 +54,7 @@ def method_task(folder: str, test_indices: list[int], method: str, measurement: 
     from attribution.baselines import method_scores
 
     started = time.perf_counter()
-    run = attribution.TrainingRun.load(folder)
+    run = attribution.TrainingRun.load(storage.local_run_folder(folder))
     try:
         scores = method_scores(run, test_indices, method, measurement=measurement, **options)
     except attribution.AttributionError as error:
@@ -106,12 +107,13 @@ class EvaluationCoordinator:
         run_record = self.store.get_run(record["run_id"])
         if run_record is None or run_record["status"] != RunStatus.READY.value:
             raise RuntimeError(f"training run {record['run_id']} is not ready")
-        folder = run_folder(self.settings.runs_dir, record["run_id"])
+        folder = storage.run_location(self.settings, record["run_id"])
         logger.info("evaluation %s started: run %s, methods %s, %d subsets per fraction",
                     self.evaluation_id, record["run_id"], record["methods"],
                     record["num_subsets"])
 
-        run = attribution.TrainingRun.load(folder)
+        run = attribution.TrainingRun.load(
+            storage.local_run_folder(folder, run_record["fingerprint"]))
         indices = record["test_indices"]
         subsets = {p: draw_subsets(run.n_train, p, record["num_subsets"], record["seed"])
                    for p in record["fractions"]}
@@ -134,7 +136,7 @@ class EvaluationCoordinator:
         logger.info("evaluation %s succeeded in %.2f s: LDS %s, failed %s", self.evaluation_id,
                     time.perf_counter() - started, payload["lds"], list(result.failed))
 
-    def _retrained_rows(self, folder: Path, fingerprint: str, record: dict,
+    def _retrained_rows(self, folder: str, fingerprint: str, record: dict,
                         subsets: dict[float, np.ndarray]) -> dict[float, list]:
         """Return the (n_test,) retrained rows per fraction, retraining only the missing ones."""
         rows: dict[float, list] = {p: [None] * len(draw) for p, draw in subsets.items()}
@@ -157,7 +159,8 @@ class EvaluationCoordinator:
             while pending and len(in_flight) < limit:
                 p, j, removed, arguments = pending.pop(0)
                 ref = retrain_task.options(
-                    name=f"retrain evaluation {self.evaluation_id} {p:g} #{j}"
+                    name=f"retrain evaluation {self.evaluation_id} {p:g} #{j}",
+                    **training_resources(self.settings),
                 ).remote(str(folder), removed.tolist(), record["measurement"])
                 self.refs.append(ref)
                 in_flight[ref] = (p, j, arguments, time.monotonic() + self.settings.train_timeout_s)
@@ -171,7 +174,7 @@ class EvaluationCoordinator:
             self._check_deadlines(in_flight.values())
         return rows
 
-    def _score_methods(self, folder: Path, fingerprint: str, record: dict, result) -> None:
+    def _score_methods(self, folder: str, fingerprint: str, record: dict, result) -> None:
         options = record.get("options") or {}
         refs = {}
         for method in record["methods"]:

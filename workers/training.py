@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from pathlib import Path
-
 import ray
 
+from service import storage
 from service.runs import write_labels
 
 
 @ray.remote(num_cpus=1, max_retries=0)
 def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = True) -> dict:
-    """Train ``spec`` and save the run and its labels to ``folder``.
+    """Train ``spec`` and save the run and its labels to ``folder``, a path or fsspec URL.
 
-    The run (spec, metadata, checkpoints) is written to a temporary sibling
-    folder first and renamed, so a reader never sees half a run. Returns the
+    The run (spec, metadata, checkpoints) is written to a local staging folder
+    first and then moved or uploaded by ``service.storage.publish_run``, so a
+    reader never sees half a run. Returns the
     fingerprint, metrics, split sizes and, with ``probe``, the smoothness probe's
     result (4 extra training runs), or its error message if it failed. Raises
     DataError if the trained run's fingerprint differs from the one the service
@@ -31,14 +29,11 @@ def train_run(spec: dict, folder: str, expected_fingerprint: str, probe: bool = 
             f"{expected_fingerprint[:16]}; the dataset changed while training"
         )
 
-    target = Path(folder)
-    partial = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    partial = storage.staging_folder(folder)
     run.save(partial)
     write_labels(partial, y_train=run.trainer.y_train.numpy(), y_test=run.trainer.y_test.numpy(),
                  texts=_chunk_texts(run))
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
+    storage.publish_run(partial, folder, run.fingerprint)
     return {"fingerprint": run.fingerprint, "metrics": run.metrics,
             "smoothness": _probe(run) if probe else None,
             "n_train": run.n_train, "n_test": run.n_test, "num_steps": run.num_steps}
