@@ -8,6 +8,12 @@ Layout (all keys start with ``PREFIX``):
 - ``run:{run_id}``: hash, the record of one training run.
 - ``job:{job_id}``: hash, the record of one attribution job.
 - ``jobs:active``: set of job ids that are queued or running.
+- ``metrics``: hash, counters of jobs and samples since the Redis database was
+  created, which ``GET /metrics`` exports.
+- ``lease:{kind}:{id}``: string, the token of the service process that holds a
+  queued or running job or a training run; it expires unless renewed.
+- ``dedupe:{sha}``: string, the id of the queued or running job with the same
+  inputs, so a repeated submission joins it instead of computing twice.
 - ``scores:{cache_key}``: hash, one test sample's score vector with its arguments.
 - ``evaluation:{evaluation_id}``: hash, the record of one evaluation job;
   ``evaluation:{evaluation_id}:result``: string, its result as JSON.
@@ -27,9 +33,12 @@ RUN_PREFIX = PREFIX + "run:"
 JOB_PREFIX = PREFIX + "job:"
 SCORES_PREFIX = PREFIX + "scores:"
 ACTIVE_JOBS = PREFIX + "jobs:active"
+METRICS = PREFIX + "metrics"
 EVALUATION_PREFIX = PREFIX + "evaluation:"
 ACTIVE_EVALUATIONS = PREFIX + "evaluations:active"
 RETRAINED_PREFIX = PREFIX + "retrained:"
+LEASE_PREFIX = PREFIX + "lease:"
+DEDUPE_PREFIX = PREFIX + "dedupe:"
 
 MEASUREMENTS = ("loss", "margin", "logit")
 
@@ -62,6 +71,17 @@ def run_key(run_id: str) -> str:
 
 def job_key(job_id: str) -> str:
     return JOB_PREFIX + job_id
+
+
+def lease_key(kind: str, record_id: str) -> str:
+    """Return the lease key of a ``kind`` ("job" or "run") record."""
+    return f"{LEASE_PREFIX}{kind}:{record_id}"
+
+
+def dedupe_key(inputs: dict) -> str:
+    """Return the key that maps a job's inputs to the active job computing them."""
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return DEDUPE_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def evaluation_key(evaluation_id: str) -> str:

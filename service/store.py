@@ -15,11 +15,16 @@ from typing import Any, Optional
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from .keys import (ACTIVE_EVALUATIONS, ACTIVE_JOBS, JobStatus, RunStatus, evaluation_key,
-                   evaluation_result_key, job_key, retrained_key, run_key, scores_key)
+from .keys import (ACTIVE_EVALUATIONS, ACTIVE_JOBS, LEASE_PREFIX, METRICS, JobStatus,
+                   RunStatus, dedupe_key, evaluation_key, evaluation_result_key, job_key, lease_key,
+                   retrained_key, run_key, scores_key)
 
 ALLOWED_DTYPES = ("float32", "float64")
+# A reservation outlives any job; a stale one is replaced by the next submission.
+DEDUPE_TTL_S = 7 * 24 * 3600
 
 # Set the job's fields only while its status is one of ARGV[1] (a JSON list), so a
 # cancelled job is never marked succeeded and a finished job never restarts.
@@ -34,6 +39,15 @@ for _, value in ipairs(allowed) do
   end
 end
 return 0
+"""
+
+
+# Renew (ARGV[2] = milliseconds) or, with ARGV[2] = "0", delete the lease KEYS[1]
+# only while it holds this process's token ARGV[1].
+_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 
@@ -75,6 +89,16 @@ def decode_vector(fields: dict[bytes, bytes]) -> np.ndarray:
     return array.reshape(shape).astype(dtype)
 
 
+def _retry_policy(total_s: float) -> Retry:
+    """Return a redis-py retry policy: backoff from 0.05 s doubling to 2 s, about ``total_s`` long."""
+    retries, waited, delay = 0, 0.0, 0.05
+    while waited < total_s:
+        waited += delay
+        retries += 1
+        delay = min(2.0, delay * 2)
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries)
+
+
 def _text(fields: dict[bytes, bytes]) -> dict[str, str]:
     return {key.decode(): value.decode() for key, value in fields.items()}
 
@@ -87,11 +111,20 @@ class Store:
         self.score_ttl_s = score_ttl_s
         self.job_ttl_s = job_ttl_s
         self._transition = client.register_script(_TRANSITION)
+        self._lease = client.register_script(_LEASE)
 
     @classmethod
-    def from_url(cls, url: str, score_ttl_s: int = 0, job_ttl_s: int = 0) -> "Store":
+    def from_url(cls, url: str, score_ttl_s: int = 0, job_ttl_s: int = 0,
+                 retry_s: float = 30.0) -> "Store":
+        """Connect to ``url``; calls reconnect with backoff for about ``retry_s`` seconds.
+
+        A Redis restart therefore stalls callers instead of failing them, and a
+        transaction either runs whole after the reconnect or not at all.
+        """
         client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=30,
-                                      socket_connect_timeout=10)
+                                      socket_connect_timeout=10, retry=_retry_policy(retry_s),
+                                      retry_on_error=[redis.ConnectionError,
+                                                      redis.TimeoutError])
         return cls(client, score_ttl_s=score_ttl_s, job_ttl_s=job_ttl_s)
 
     def ping(self) -> bool:
@@ -114,8 +147,11 @@ class Store:
         return record
 
     def start_run(self, run_id: str, recipe: str, overrides: dict, spec: dict,
-                  n_train: int, n_test: int) -> bool:
-        """Mark a run as training unless it is training or ready; return True if marked."""
+                  n_train: int, n_test: int, owner: Optional[str] = None) -> bool:
+        """Mark a run as training unless it is training or ready; return True if marked.
+
+        ``owner`` is the owner id of the API key that created it, or None.
+        """
         key = run_key(run_id)
         created = self.client.hsetnx(key, "status", RunStatus.TRAINING.value)
         if not created:
@@ -127,7 +163,7 @@ class Store:
         self.client.hset(key, mapping={
             "run_id": run_id, "recipe": recipe, "overrides": json.dumps(overrides),
             "spec": json.dumps(spec), "n_train": n_train, "n_test": n_test,
-            "created_at": now, "updated_at": now,
+            "owner": owner or "", "created_at": now, "updated_at": now,
         })
         return True
 
@@ -156,6 +192,7 @@ class Store:
         pipe = self.client.pipeline()
         pipe.hset(job_key(job_id), mapping=mapping)
         pipe.sadd(ACTIVE_JOBS, job_id)
+        pipe.hincrby(METRICS, "jobs_submitted", 1)
         pipe.execute()
 
     def get_job(self, job_id: str) -> Optional[dict[str, Any]]:
@@ -189,8 +226,25 @@ class Store:
         Returns True if the job moved. A finished job leaves the active set and
         gets the configured expiry.
         """
-        return self._transition_record(job_key(job_id), ACTIVE_JOBS, job_id, allowed, status,
-                                       fields)
+        moved = self._transition_record(job_key(job_id), ACTIVE_JOBS, job_id, allowed, status,
+                                        fields)
+        if moved and status.finished:
+            self._count_finished_job(job_id, status)
+        return moved
+
+    def _count_finished_job(self, job_id: str, status: JobStatus) -> None:
+        """Add a job that just finished to the counters in ``METRICS``."""
+        cached, total = self.client.hmget(job_key(job_id), ["cached", "total"])
+        cached, total = int(cached or 0), int(total or 0)
+        pipe = self.client.pipeline()
+        pipe.hincrby(METRICS, f"jobs_{status.value}", 1)
+        pipe.hincrby(METRICS, "cache_hits", cached)
+        pipe.hincrby(METRICS, "cache_misses", max(0, total - cached))
+        pipe.execute()
+
+    def metric_totals(self) -> dict[str, int]:
+        """Return the counters in ``METRICS``: jobs by status, samples replayed, cache hits."""
+        return {key.decode(): int(value) for key, value in self.client.hgetall(METRICS).items()}
 
     def _transition_record(self, key: str, active_set: str, record_id: str,
                            allowed: tuple[JobStatus, ...], status: JobStatus,
@@ -208,12 +262,87 @@ class Store:
             pipe.execute()
         return moved
 
+    def create_finished_job(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Write a job record that is already final, such as a job answered from the cache."""
+        mapping = {"error": "", "created_at": time.time(), **fields}
+        mapping = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                   for k, v in mapping.items()}
+        pipe = self.client.pipeline()
+        pipe.hset(job_key(job_id), mapping=mapping)
+        if self.job_ttl_s:
+            pipe.expire(job_key(job_id), self.job_ttl_s)
+        pipe.hincrby(METRICS, "jobs_submitted", 1)
+        if "status" in fields:
+            pipe.hincrby(METRICS, f"jobs_{JobStatus(fields['status']).value}", 1)
+        pipe.hincrby(METRICS, "cache_hits", int(fields.get("cached", 0)))
+        pipe.execute()
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job record that was never handed to a backend."""
+        pipe = self.client.pipeline()
+        pipe.delete(job_key(job_id))
+        pipe.srem(ACTIVE_JOBS, job_id)
+        pipe.execute()
+
+    def join_or_reserve(self, inputs: dict, job_id: str) -> Optional[str]:
+        """Return the id of an active job with the same ``inputs``, or reserve them for ``job_id``.
+
+        Returns None when ``job_id`` got the reservation. A reservation whose job
+        has finished is replaced.
+        """
+        key = dedupe_key(inputs)
+        for _ in range(3):
+            if self.client.set(key, job_id, nx=True, ex=DEDUPE_TTL_S):
+                return None
+            current = self.client.get(key)
+            if current is None:
+                continue
+            current = current.decode()
+            status = self.job_status(current)
+            if status is not None and not status.finished:
+                return current
+            # The reserved job finished or expired: take the key over unless another
+            # submission did so in between.
+            pipe = self.client.pipeline()
+            pipe.watch(key)
+            if pipe.get(key) == current.encode():
+                pipe.multi()
+                pipe.set(key, job_id, ex=DEDUPE_TTL_S)
+                try:
+                    pipe.execute()
+                    return None
+                except redis.WatchError:
+                    pass
+            pipe.reset()
+        raise StoreError("could not reserve the job's inputs; retry the submission")
+
+    # ---------------------------------------------------------------- leases
+    def claim(self, kind: str, record_id: str, token: str, lease_s: float) -> bool:
+        """Take the lease of a record if nobody holds it; return True if taken."""
+        return bool(self.client.set(lease_key(kind, record_id), token, nx=True,
+                                    px=int(lease_s * 1000)))
+
+    def renew(self, kind: str, record_id: str, token: str, lease_s: float) -> bool:
+        """Extend a lease this token holds; return False if it lapsed or another holds it."""
+        return bool(self._lease(keys=[lease_key(kind, record_id)],
+                                args=[token, int(lease_s * 1000)]))
+
+    def release(self, kind: str, record_id: str, token: str) -> None:
+        """Drop a lease this token holds, so that another process can take the record now."""
+        self._lease(keys=[lease_key(kind, record_id)], args=[token, "0"])
+
+    def clear_leases(self) -> int:
+        """Delete every lease; only safe when no other service process uses this Redis."""
+        keys = list(self.client.scan_iter(match=LEASE_PREFIX + "*", count=500))
+        return int(self.client.delete(*keys)) if keys else 0
+
     def add_job_progress(self, job_id: str, done: int = 0, replayed: int = 0) -> None:
         pipe = self.client.pipeline()
         if done:
             pipe.hincrby(job_key(job_id), "done", done)
         if replayed:
             pipe.hincrby(job_key(job_id), "replayed", replayed)
+            pipe.hincrby(METRICS, "samples_replayed", replayed)
         pipe.execute()
 
     def set_job_fields(self, job_id: str, **fields: Any) -> None:
