@@ -22,7 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import runs
+from .auth import APIKeyMiddleware, KeyRing, add_security_schemes, request_owner, require_owner
 from .embedded import EmbeddedRedis
+from .limits import BodyLimitMiddleware, cap_errors, document_body_limit
 from .keys import JobStatus, RunStatus, score_arguments
 from .schemas import (ComponentHealth, EvaluationCreate, EvaluationCreated, EvaluationPublic,
                       EvaluationResult, Health, Influence, JobCreate, JobCreated, JobPublic,
@@ -53,11 +55,14 @@ BackendFactory = Callable[[Settings, Store, str], Backend]
 
 
 class FieldError(HTTPException):
-    """A 422 whose body names the invalid field like FastAPI's own validation errors."""
+    """A 422 whose body names the invalid field like FastAPI's own validation errors.
 
-    def __init__(self, location: list[Any], message: str) -> None:
+    ``source`` is where the field is: "body" or "query".
+    """
+
+    def __init__(self, location: list[Any], message: str, source: str = "body") -> None:
         super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[
-            {"type": "value_error", "loc": ["body", *location], "msg": message}])
+            {"type": "value_error", "loc": [source, *location], "msg": message}])
 
 
 def _ray_backend(settings: Settings, store: Store, redis_url: str) -> Backend:
@@ -100,17 +105,41 @@ def create_app(settings: Optional[Settings] = None,
                   description=__doc__.split("\n\n")[0] + "\n\n" + _SIGN_CONVENTION)
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    _install_limits_and_keys(app, settings)
     return app
+
+
+def _install_limits_and_keys(app: FastAPI, settings: Settings) -> None:
+    """Add the body-size limit and, with MAGIC_API_KEYS set, API-key authentication.
+
+    The middleware added last runs first, so a request without a valid key is
+    rejected before its body is read.
+    """
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    key_ring = KeyRing(settings.api_keys)
+    if key_ring.enabled:
+        app.add_middleware(APIKeyMiddleware, key_ring=key_ring)
+    build_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = document_body_limit(build_openapi(), settings.max_body_bytes)
+            app.openapi_schema = add_security_schemes(schema) if key_ring.enabled else schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     """Return 422 with the errors, with rejected NaN or infinite inputs written as strings.
 
     FastAPI's default handler echoes each rejected input, and JSON cannot carry NaN,
-    so a body such as ``{"test_indices": [NaN]}`` would otherwise end in a 500.
+    so a body such as ``{"test_indices": [NaN]}`` would otherwise end in a 500. At
+    most ``limits.MAX_LISTED_ERRORS`` errors are listed, followed by their count.
     """
+    errors = cap_errors(list(error.errors()))
     return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-                        content={"detail": _json_safe(jsonable_encoder(error.errors()))})
+                        content={"detail": _json_safe(jsonable_encoder(errors))})
 
 
 def _json_safe(value: Any) -> Any:
@@ -156,6 +185,8 @@ def get_settings(request: Request) -> Settings:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+# The owner id of the caller's API key, or None when authentication is off.
+OwnerDep = Annotated[Optional[str], Depends(request_owner)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -182,11 +213,12 @@ def healthz(store: StoreDep, backend: BackendDep) -> JSONResponse:
 @router.post("/v1/runs", response_model=RunCreated,
              status_code=status.HTTP_202_ACCEPTED)
 def create_run(body: RunCreate, response: Response, store: StoreDep, backend: BackendDep,
-               settings: SettingsDep) -> RunCreated:
+               settings: SettingsDep, owner: OwnerDep) -> RunCreated:
     """Create a training run from a recipe and train it in the background.
 
-    The same recipe and overrides always give the same run id. An existing ready
-    run is returned as is (200), and a failed one is trained again (202).
+    The same recipe and overrides always give the same run id (per API key when
+    keys are configured). An existing ready run is returned as is (200), and a
+    failed one is trained again (202).
     """
     import attribution
 
@@ -198,14 +230,14 @@ def create_run(body: RunCreate, response: Response, store: StoreDep, backend: Ba
         fingerprint = runs.run_fingerprint(spec)
     except attribution.AttributionError as error:
         raise FieldError(["overrides"], str(error)) from None
-    run_id = runs.run_id_from_fingerprint(fingerprint)
+    run_id = runs.run_id_from_fingerprint(fingerprint, owner)
 
     existing = store.get_run(run_id)
     folder = runs.run_folder(settings.runs_dir, run_id)
     if existing and existing["status"] == RunStatus.READY.value and not folder.is_dir():
         store.finish_run(run_id, RunStatus.FAILED, error=f"run folder {folder} is missing")
     if store.start_run(run_id, body.recipe, body.overrides, spec.to_dict(),
-                       n_train=spec.n_train, n_test=spec.n_test):
+                       n_train=spec.n_train, n_test=spec.n_test, owner=owner):
         backend.submit_training(run_id, spec.to_dict(), fingerprint)
         logger.info("training run %s submitted (recipe %s)", run_id, body.recipe)
     else:
@@ -214,9 +246,10 @@ def create_run(body: RunCreate, response: Response, store: StoreDep, backend: Ba
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunPublic)
-def read_run(run_id: str, store: StoreDep) -> RunPublic:
+def read_run(run_id: str, store: StoreDep, owner: OwnerDep) -> RunPublic:
     """Return a training run's status, spec, split sizes and metrics."""
     record = _require_run(store, run_id)
+    require_owner(record, owner, f"training run {run_id}")
     smoothness = record.get("smoothness")
     warnings = [smoothness["warning"]] if smoothness and smoothness.get("warning") else []
     return RunPublic(**{**record, "error": record.get("error") or None, "warnings": warnings})
@@ -235,16 +268,18 @@ def _require_run(store: Store, run_id: str) -> dict:
 @router.post("/v1/jobs", response_model=JobCreated,
              status_code=status.HTTP_202_ACCEPTED)
 def submit_job(body: JobCreate, store: StoreDep, backend: BackendDep,
-               settings: SettingsDep) -> JobCreated:
+               settings: SettingsDep, owner: OwnerDep) -> JobCreated:
     """Submit an attribution job for test samples of a ready training run."""
     import attribution
 
     run = _require_run(store, body.run_id)
+    require_owner(run, owner, f"training run {body.run_id}")
     _require_ready(run)
     if len(body.test_indices) > settings.max_test_samples:
         raise FieldError(["test_indices"],
                          f"{len(body.test_indices)} test indices exceed the limit of "
                          f"{settings.max_test_samples} per job; split the job")
+    _check_score_matrix(len(body.test_indices), run, settings)
     for q, index in enumerate(body.test_indices):
         if index >= run["n_test"]:
             raise FieldError(["test_indices", q],
@@ -260,7 +295,7 @@ def submit_job(body: JobCreate, store: StoreDep, backend: BackendDep,
     store.create_job(job_id, {
         "job_id": job_id, "run_id": body.run_id, "measurement": body.measurement,
         "test_indices": body.test_indices, "total": len(body.test_indices),
-        "engine_version": attribution.__version__,
+        "engine_version": attribution.__version__, "owner": owner or "",
     })
     backend.submit_job(job_id)
     logger.info("job %s submitted: run %s, %d test samples, measurement %s", job_id,
@@ -282,15 +317,15 @@ def _require_ready(run: dict) -> None:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, store: StoreDep) -> JobPublic:
+def read_job(job_id: str, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Return an attribution job's status and progress."""
-    return _job_public(_require_job(store, job_id))
+    return _job_public(_require_job(store, job_id, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobPublic)
-def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
+def cancel_job(job_id: str, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Cancel a queued or running job; its replay workers stop within one batch."""
-    job = _require_job(store, job_id)
+    job = _require_job(store, job_id, owner)
     cancelled = store.transition_job(job_id, (JobStatus.QUEUED, JobStatus.RUNNING),
                                      JobStatus.CANCELLED, finished_at=time.time())
     if not cancelled:
@@ -302,11 +337,13 @@ def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
     return _job_public(_require_job(store, job_id))
 
 
-def _require_job(store: Store, job_id: str) -> dict:
+def _require_job(store: Store, job_id: str, owner: Optional[str] = None) -> dict:
+    """Return the job record; raise 404 if unknown and 403 if ``owner`` did not create it."""
     job = store.get_job(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"attribution job {job_id!r} not found; it may have expired")
+    require_owner(job, owner, f"attribution job {job_id}")
     return job
 
 
@@ -328,6 +365,7 @@ def read_scores(
     job_id: str,
     store: StoreDep,
     settings: SettingsDep,
+    owner: OwnerDep,
     top_k: Annotated[Optional[int], Query(ge=1, description=(
         "Return the N strongest proponents and opponents of each test sample, with "
         "labels, instead of the full matrix."))] = None,
@@ -335,12 +373,11 @@ def read_scores(
         "'json' (default) or 'npy': the (k, n_train) matrix as a NumPy .npy file."))] = "json",
 ):
     """Return a finished job's influence scores: full matrix, .npy file or top-k."""
-    job = _require_job(store, job_id)
+    job = _require_job(store, job_id, owner)
     _require_succeeded(job)
     if top_k is not None and format == "npy":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="top_k and format=npy cannot be combined; the .npy file "
-                                   "always holds the full matrix")
+        raise FieldError(["top_k"], "top_k and format=npy cannot be combined; the .npy file "
+                                    "always holds the full matrix", source="query")
     run = _require_run(store, job["run_id"])
     matrix = _read_matrix(store, job, run)  # (k, n_train)
 
@@ -350,9 +387,8 @@ def read_scores(
         return Response(buffer.getvalue(), media_type="application/x-npy")
     if top_k is not None:
         if top_k > run["n_train"]:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                detail=f"top_k={top_k} exceeds the {run['n_train']} training "
-                                       "examples of the run")
+            raise FieldError(["top_k"], f"top_k={top_k} exceeds the {run['n_train']} training "
+                                        "examples of the run", source="query")
         folder = runs.run_folder(settings.runs_dir, job["run_id"])
         return _top_k(job, matrix, runs.read_labels(folder), runs.read_texts(folder), top_k)
     return ScoresPublic(job_id=job_id, measurement=job["measurement"],
@@ -426,9 +462,10 @@ def _top_k(job: dict, matrix: np.ndarray, labels: tuple[np.ndarray, np.ndarray],
 @router.post("/v1/evaluations", response_model=EvaluationCreated,
              status_code=status.HTTP_202_ACCEPTED)
 def submit_evaluation(body: EvaluationCreate, store: StoreDep, backend: BackendDep,
-                      settings: SettingsDep) -> EvaluationCreated:
+                      settings: SettingsDep, owner: OwnerDep) -> EvaluationCreated:
     """Submit an evaluation: LDS of the chosen methods, retraining random subsets on Ray."""
     run = _require_run(store, body.run_id)
+    require_owner(run, owner, f"training run {body.run_id}")
     _require_ready(run)
     _check_test_indices(body.test_indices, run, settings)
     for q, fraction in enumerate(body.fractions):
@@ -452,6 +489,7 @@ def submit_evaluation(body: EvaluationCreate, store: StoreDep, backend: BackendD
         "num_subsets": body.num_subsets, "methods": body.methods, "seed": body.seed,
         "measurement": body.measurement, "options": options,
         "total": len(body.fractions) * body.num_subsets + len(body.methods),
+        "owner": owner or "",
     })
     backend.submit_evaluation(evaluation_id)
     logger.info("evaluation %s submitted: run %s, methods %s, %d test samples", evaluation_id,
@@ -469,18 +507,31 @@ def _check_test_indices(indices: list[int], run: dict, settings: Settings) -> No
             raise FieldError(["test_indices", q],
                              f"test index {index} is out of range; run {run['run_id']} has "
                              f"{run['n_test']} test samples (valid indices 0..{run['n_test'] - 1})")
+    _check_score_matrix(len(indices), run, settings)
+
+
+def _check_score_matrix(num_samples: int, run: dict, settings: Settings) -> None:
+    """Raise 422 if ``num_samples`` rows of the run's scores exceed MAGIC_MAX_SCORE_VALUES."""
+    values = num_samples * run["n_train"]
+    if values > settings.max_score_values:
+        max_samples = max(1, settings.max_score_values // run["n_train"])
+        raise FieldError(["test_indices"],
+                         f"the score matrix of {num_samples} test samples x {run['n_train']} "
+                         f"training examples has {values} values, over the limit of "
+                         f"{settings.max_score_values} (MAGIC_MAX_SCORE_VALUES); send at most "
+                         f"{max_samples} test samples per request for this run")
 
 
 @router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationPublic)
-def read_evaluation(evaluation_id: str, store: StoreDep) -> EvaluationPublic:
+def read_evaluation(evaluation_id: str, store: StoreDep, owner: OwnerDep) -> EvaluationPublic:
     """Return an evaluation's status and progress (retrainings and methods done)."""
-    return _evaluation_public(_require_evaluation(store, evaluation_id))
+    return _evaluation_public(_require_evaluation(store, evaluation_id, owner))
 
 
 @router.delete("/v1/evaluations/{evaluation_id}", response_model=EvaluationPublic)
-def cancel_evaluation(evaluation_id: str, store: StoreDep) -> EvaluationPublic:
+def cancel_evaluation(evaluation_id: str, store: StoreDep, owner: OwnerDep) -> EvaluationPublic:
     """Cancel a queued or running evaluation; its Ray tasks are cancelled."""
-    record = _require_evaluation(store, evaluation_id)
+    record = _require_evaluation(store, evaluation_id, owner)
     if not store.transition_evaluation(evaluation_id, (JobStatus.QUEUED, JobStatus.RUNNING),
                                        JobStatus.CANCELLED, finished_at=time.time()):
         record = _require_evaluation(store, evaluation_id)
@@ -494,9 +545,10 @@ def cancel_evaluation(evaluation_id: str, store: StoreDep) -> EvaluationPublic:
 
 
 @router.get("/v1/evaluations/{evaluation_id}/result", response_model=EvaluationResult)
-def read_evaluation_result(evaluation_id: str, store: StoreDep) -> EvaluationResult:
+def read_evaluation_result(evaluation_id: str, store: StoreDep,
+                           owner: OwnerDep) -> EvaluationResult:
     """Return LDS per method, fraction and test sample, with predicted and true changes."""
-    record = _require_evaluation(store, evaluation_id)
+    record = _require_evaluation(store, evaluation_id, owner)
     _require_succeeded({**record, "job_id": evaluation_id})
     result = store.get_evaluation_result(evaluation_id)
     if result is None:
@@ -506,11 +558,13 @@ def read_evaluation_result(evaluation_id: str, store: StoreDep) -> EvaluationRes
     return EvaluationResult(**result)
 
 
-def _require_evaluation(store: Store, evaluation_id: str) -> dict:
+def _require_evaluation(store: Store, evaluation_id: str, owner: Optional[str] = None) -> dict:
+    """Return the evaluation record; raise 404 if unknown and 403 if ``owner`` did not create it."""
     record = store.get_evaluation(evaluation_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"evaluation {evaluation_id!r} not found; it may have expired")
+    require_owner(record, owner, f"evaluation {evaluation_id}")
     return record
 
 
@@ -528,7 +582,7 @@ def _evaluation_public(record: dict) -> EvaluationPublic:
 # ------------------------------------------------------------- predictions
 @router.post("/v1/predictions", response_model=PredictionPublic)
 def predict(body: PredictionCreate, store: StoreDep, backend: BackendDep,
-            settings: SettingsDep) -> PredictionPublic:
+            settings: SettingsDep, owner: OwnerDep) -> PredictionPublic:
     """Predict the change of test measurements when training examples are removed.
 
     Uses the cached MAGIC scores of the test samples (submit an attribution job
@@ -538,6 +592,7 @@ def predict(body: PredictionCreate, store: StoreDep, backend: BackendDep,
     import attribution
 
     run = _require_run(store, body.run_id)
+    require_owner(run, owner, f"training run {body.run_id}")
     _require_ready(run)
     _check_test_indices(body.test_indices, run, settings)
     for q, index in enumerate(body.removed):
@@ -562,6 +617,9 @@ def predict(body: PredictionCreate, store: StoreDep, backend: BackendDep,
             raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail=str(error)) from None
         response.base = base.tolist()
         response.actual_change = (np.asarray(retrained)[body.test_indices] - base).tolist()
+    logger.info("prediction on run %s: %d test samples, %d removed examples, verify %s, "
+                "owner %s", body.run_id, len(body.test_indices), len(body.removed), body.verify,
+                owner or "none")
     return response
 
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import sys
 from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -26,8 +30,19 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"TCP port to listen on (default {DEFAULT_PORT})")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow a non-loopback --host; the API has no authentication")
+                       help="allow a non-loopback --host without API keys (MAGIC_API_KEYS), "
+                            "like MAGIC_ALLOW_UNAUTHENTICATED_PUBLIC=true; anyone who reaches "
+                            "the port can then use the API")
     serve.set_defaults(func=cmd_serve)
+
+    hash_key = subparsers.add_parser(
+        "hash-key", help="print the SHA-256 hash of an API key, for MAGIC_API_KEYS",
+        description="Read an API key from standard input (or a prompt) and print its SHA-256 "
+                    "hex digest, the form MAGIC_API_KEYS stores. With --generate, create a "
+                    "random key and print the key and its hash.")
+    hash_key.add_argument("--generate", action="store_true",
+                          help="create a random 256-bit key instead of reading one")
+    hash_key.set_defaults(func=cmd_hash_key)
 
     demo = subparsers.add_parser(
         "demo", help="train mnist-mlp and attribute 16 MNIST test images through the service",
@@ -51,15 +66,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .settings import Settings
 
-    if not _is_loopback(args.host) and not args.allow_remote:
-        print(f"error: --host {args.host} is not a loopback address and the API has no "
-              "authentication; pass --allow-remote to listen there anyway", file=sys.stderr)
-        return 2
     try:
         settings = Settings()
     except ValidationError as error:
         print(f"error: invalid settings:\n{error}", file=sys.stderr)
         return 2
+    problem = bind_problem(args.host, settings, allow_remote=args.allow_remote)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if not settings.api_keys and not _is_loopback(args.host):
+        logger.warning("serving on %s without API keys: anyone who reaches the port can use "
+                       "the API", args.host)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -81,6 +99,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: invalid settings:\n{error}", file=sys.stderr)
         return 2
     return run_demo(settings, test_samples=args.test_samples, output=args.output)
+
+
+def bind_problem(host: str, settings, allow_remote: bool = False) -> Optional[str]:
+    """Return why the API must not listen on ``host`` with ``settings``, or None if it may.
+
+    A non-loopback address needs MAGIC_API_KEYS, or an explicit opt-out of
+    authentication (MAGIC_ALLOW_UNAUTHENTICATED_PUBLIC or --allow-remote).
+    """
+    if _is_loopback(host) or settings.api_keys:
+        return None
+    if allow_remote or settings.allow_unauthenticated_public:
+        return None
+    return (f"--host {host} is not a loopback address and MAGIC_API_KEYS is empty, so anyone "
+            "who reaches the port could use the API; configure API keys (`magic-attr "
+            "hash-key --generate`), or set MAGIC_ALLOW_UNAUTHENTICATED_PUBLIC=true to listen "
+            "there without authentication")
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    import getpass
+    import secrets
+
+    from .auth import hash_key
+
+    if args.generate:
+        key = secrets.token_urlsafe(32)
+        print(f"key:  {key}\nhash: {hash_key(key)}")
+        return 0
+    if sys.stdin.isatty():
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        print("error: the API key is empty; pipe it to standard input or type it at the "
+              "prompt", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def _is_loopback(host: str) -> bool:

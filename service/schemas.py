@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .keys import JobStatus, RunStatus
 
+# Request bodies reject unknown fields, and strict mode rejects values of another JSON
+# type instead of converting them: "3" or 3.0 for an integer, 1 or "yes" for a boolean.
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
+# Maximum length of a recipe name or run id, so an error message never echoes a huge string.
+MAX_NAME_LENGTH = 128
+
 Measurement = Literal["loss", "margin", "logit"]
 TestIndex = Annotated[StrictInt, Field(ge=0)]
 
@@ -23,9 +29,10 @@ TestIndex = Annotated[StrictInt, Field(ge=0)]
 class RunCreate(BaseModel):
     """A training run to create from a named recipe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
-    recipe: str = Field(description="Recipe name, for example 'mnist-mlp' or 'digits-mlp'.",
+    recipe: str = Field(max_length=MAX_NAME_LENGTH,
+                        description="Recipe name, for example 'mnist-mlp' or 'digits-mlp'.",
                         examples=["mnist-mlp"])
     overrides: dict[str, Any] = Field(
         default_factory=dict,
@@ -78,9 +85,10 @@ def _reject_duplicates(name: str, values: list[int]) -> list[int]:
 class JobCreate(BaseModel):
     """An attribution job: the influence scores of test samples of one training run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
-    run_id: str = Field(description="A training run id from POST /v1/runs.")
+    run_id: str = Field(max_length=MAX_NAME_LENGTH,
+                        description="A training run id from POST /v1/runs.")
     test_indices: list[TestIndex] = Field(
         min_length=1, description="Indices into the run's test split, without duplicates.",
         examples=[[0, 1, 2, 3]],
@@ -190,15 +198,16 @@ class Health(BaseModel):
 
 
 Method = Literal["magic", "trak", "ekfac", "tracin"]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
 class EvaluationCreate(BaseModel):
     """An evaluation job: LDS of several methods on one training run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
-    run_id: str = Field(description="A ready training run id from POST /v1/runs.")
+    run_id: str = Field(max_length=MAX_NAME_LENGTH,
+                        description="A ready training run id from POST /v1/runs.")
     test_indices: list[TestIndex] = Field(min_length=1, description="Test samples to score.",
                                           examples=[[0, 1, 2, 3]])
     fractions: list[Fraction] = Field(default=[0.01, 0.05, 0.1], min_length=1,
@@ -278,9 +287,9 @@ class EvaluationResult(BaseModel):
 class PredictionCreate(BaseModel):
     """Predict how removing training examples changes test measurements."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
-    run_id: str
+    run_id: str = Field(max_length=MAX_NAME_LENGTH)
     test_indices: list[TestIndex] = Field(min_length=1)
     removed: list[Annotated[StrictInt, Field(ge=0)]] = Field(
         min_length=1, description="Training examples to remove (weight 0).")
