@@ -5,14 +5,16 @@ Needs only httpx, numpy and tqdm: neither torch nor ray is imported.
 
 from ._async import AsyncAttributionClient
 from ._base import DEFAULT_BASE_URL, RetryPolicy
-from ._errors import (APIError, AttributionClientError, ConflictError, JobFailedError,
-                      NotFoundError, RequestValidationError, RunFailedError,
+from ._errors import (APIError, AttributionClientError, AuthenticationError, ConflictError,
+                      JobFailedError, NotFoundError, PermissionDeniedError,
+                      RequestTooLargeError, RequestValidationError, RunFailedError,
                       ServiceConnectionError, ServiceUnavailableError, WaitTimeoutError)
 from ._sync import AttributionClient
 
 __all__ = [
     "APIError", "AsyncAttributionClient", "AttributionClient", "AttributionClientError",
-    "ConflictError", "DEFAULT_BASE_URL", "JobFailedError", "NotFoundError",
-    "RequestValidationError", "RetryPolicy", "RunFailedError", "ServiceConnectionError",
-    "ServiceUnavailableError", "WaitTimeoutError",
+    "AuthenticationError", "ConflictError", "DEFAULT_BASE_URL", "JobFailedError",
+    "NotFoundError", "PermissionDeniedError", "RequestTooLargeError", "RequestValidationError",
+    "RetryPolicy", "RunFailedError", "ServiceConnectionError", "ServiceUnavailableError",
+    "WaitTimeoutError",
 ]

@@ -9,8 +9,9 @@ from typing import Any, Iterable, Optional
 import httpx
 import numpy as np
 
-from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, job_body, load_npy,
-                    raise_for_status, retry_after_seconds, run_is_ready, should_retry)
+from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers, job_body,
+                    load_npy, raise_for_status, retry_after_seconds, run_is_ready,
+                    should_retry)
 from ._errors import (JobFailedError, ServiceConnectionError,
                       WaitTimeoutError)
 from ._progress import JobProgress
@@ -29,9 +30,11 @@ class AsyncAttributionClient:
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(),
-                 transport: Optional[httpx.AsyncBaseTransport] = None) -> None:
+                 transport: Optional[httpx.AsyncBaseTransport] = None,
+                 api_key: Optional[str] = None) -> None:
         self.retry = retry
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
+                                       headers=auth_headers(api_key))
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self

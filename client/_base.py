@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 from ._errors import STATUS_ERRORS, APIError, RunFailedError, WaitTimeoutError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "MAGIC_API_KEY"
 FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 
 
@@ -46,6 +48,15 @@ def should_retry(method: str, error: Optional[Exception], response: Optional[htt
     if isinstance(error, httpx.ConnectError):
         return True
     return method != "POST" and isinstance(error, httpx.TransportError)
+
+
+def auth_headers(api_key: Optional[str]) -> dict[str, str]:
+    """Return the headers that carry ``api_key``, or MAGIC_API_KEY's key when it is None.
+
+    An empty key sends no header, for a service without authentication.
+    """
+    key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def retry_after_seconds(response: httpx.Response) -> Optional[float]:

@@ -5,8 +5,11 @@
     AttributionClientError
     ├── ServiceConnectionError   the service could not be reached, retries exhausted
     ├── APIError                 the service returned an HTTP error
+    │   ├── AuthenticationError  401: API key missing or not accepted
+    │   ├── PermissionDeniedError   403: the run or job belongs to another API key
     │   ├── NotFoundError        404: unknown run or job id
     │   ├── ConflictError        409: run still training or failed, job not finished
+    │   ├── RequestTooLargeError 413: request body over the service's limit
     │   ├── RequestValidationError  422: invalid request, ``errors`` names the fields
     │   └── ServiceUnavailableError 503: too many jobs or a component is down
     ├── RunFailedError           a training run ended in status 'failed'
@@ -43,6 +46,21 @@ class APIError(AttributionClientError):
         self.retry_after = retry_after
         where = f"{method} {url}: " if method else ""
         super().__init__(f"{where}HTTP {status_code}: {format_detail(detail)}")
+
+
+class AuthenticationError(APIError):
+    """401: the request carried no API key, or the service does not accept the key.
+
+    Pass ``api_key=`` to the client or set MAGIC_API_KEY.
+    """
+
+
+class PermissionDeniedError(APIError):
+    """403: the run, job or evaluation was created with another API key."""
+
+
+class RequestTooLargeError(APIError):
+    """413: the request body exceeds the service's limit (MAGIC_MAX_BODY_BYTES)."""
 
 
 class NotFoundError(APIError):
@@ -87,8 +105,11 @@ class WaitTimeoutError(AttributionClientError):
 
 
 STATUS_ERRORS: dict[int, type[APIError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    413: RequestTooLargeError,
     422: RequestValidationError,
     503: ServiceUnavailableError,
 }

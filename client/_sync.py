@@ -8,8 +8,9 @@ from typing import Any, Iterable, Optional
 import httpx
 import numpy as np
 
-from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, job_body, load_npy,
-                    raise_for_status, retry_after_seconds, run_is_ready, should_retry)
+from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers, job_body,
+                    load_npy, raise_for_status, retry_after_seconds, run_is_ready,
+                    should_retry)
 from ._errors import (JobFailedError, ServiceConnectionError,
                       WaitTimeoutError)
 from ._progress import JobProgress
@@ -31,13 +32,17 @@ class AttributionClient:
         timeout: seconds per HTTP request.
         retry: retry policy for connection errors and HTTP 503.
         transport: an httpx transport, for tests (``httpx.MockTransport``).
+        api_key: the API key, sent as ``Authorization: Bearer <key>``; None reads
+            the MAGIC_API_KEY environment variable, and an empty key sends none.
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(),
-                 transport: Optional[httpx.BaseTransport] = None) -> None:
+                 transport: Optional[httpx.BaseTransport] = None,
+                 api_key: Optional[str] = None) -> None:
         self.retry = retry
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                  headers=auth_headers(api_key))
 
     def __enter__(self) -> "AttributionClient":
         return self
