@@ -20,8 +20,10 @@ MAX_ECHOED_INPUT_CHARS = 200
 MAX_DRAINED_BYTES = 64 * 1024 * 1024
 
 
-def _mebibytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.3g} MiB"
+def _readable_size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.3g} MiB"
+    return f"{size / 1024:.3g} KiB"
 
 
 class BodyLimitMiddleware:
@@ -89,7 +91,7 @@ class BodyLimitMiddleware:
                        scope["method"], scope["path"], size, self.max_bytes)
         await _send_error(send, status.HTTP_413_CONTENT_TOO_LARGE,
                           f"the request body ({size} bytes or more) exceeds the limit of "
-                          f"{self.max_bytes} bytes ({_mebibytes(self.max_bytes)}, "
+                          f"{self.max_bytes} bytes ({_readable_size(self.max_bytes)}, "
                           "MAGIC_MAX_BODY_BYTES); send less data per request")
 
 

@@ -107,7 +107,7 @@ def test_healthz_needs_no_key(api):
     ("GET", "/v1/jobs/abc"), ("DELETE", "/v1/jobs/abc"), ("GET", "/v1/jobs/abc/scores"),
     ("POST", "/v1/evaluations"), ("GET", "/v1/evaluations/abc"),
     ("GET", "/v1/evaluations/abc/result"), ("POST", "/v1/predictions"),
-    ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/no/such/route"),
+    ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics"), ("GET", "/no/such/route"),
     ("GET", "/v1/jobs/healthz"), ("GET", "/healthz/"),
 ])
 def test_every_other_route_needs_a_key(api, method, path):
