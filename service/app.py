@@ -21,7 +21,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from . import runs
+from . import metrics, runs, storage
 from .auth import APIKeyMiddleware, KeyRing, add_security_schemes, request_owner, require_owner
 from .embedded import EmbeddedRedis
 from .limits import BodyLimitMiddleware, cap_errors, document_body_limit
@@ -105,6 +105,7 @@ def create_app(settings: Optional[Settings] = None,
                   description=__doc__.split("\n\n")[0] + "\n\n" + _SIGN_CONVENTION)
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    metrics.install(app)
     _install_limits_and_keys(app, settings)
     return app
 
@@ -233,8 +234,8 @@ def create_run(body: RunCreate, response: Response, store: StoreDep, backend: Ba
     run_id = runs.run_id_from_fingerprint(fingerprint, owner)
 
     existing = store.get_run(run_id)
-    folder = runs.run_folder(settings.runs_dir, run_id)
-    if existing and existing["status"] == RunStatus.READY.value and not folder.is_dir():
+    folder = storage.run_location(settings, run_id)
+    if existing and existing["status"] == RunStatus.READY.value and not storage.run_exists(folder):
         store.finish_run(run_id, RunStatus.FAILED, error=f"run folder {folder} is missing")
     if store.start_run(run_id, body.recipe, body.overrides, spec.to_dict(),
                        n_train=spec.n_train, n_test=spec.n_test, owner=owner):
@@ -389,7 +390,7 @@ def read_scores(
         if top_k > run["n_train"]:
             raise FieldError(["top_k"], f"top_k={top_k} exceeds the {run['n_train']} training "
                                         "examples of the run", source="query")
-        folder = runs.run_folder(settings.runs_dir, job["run_id"])
+        folder = storage.run_location(settings, job["run_id"])
         return _top_k(job, matrix, runs.read_labels(folder), runs.read_texts(folder), top_k)
     return ScoresPublic(job_id=job_id, measurement=job["measurement"],
                         test_indices=job["test_indices"], n_train=run["n_train"],
@@ -607,8 +608,9 @@ def predict(body: PredictionCreate, store: StoreDep, backend: BackendDep,
                                 measurement=body.measurement,
                                 predicted_change=predicted.tolist())
     if body.verify:
-        folder = runs.run_folder(settings.runs_dir, body.run_id)
-        full = attribution.TrainingRun.load(folder).measure(range(run["n_test"]),
+        folder = storage.run_location(settings, body.run_id)
+        local_folder = storage.local_run_folder(folder, run["fingerprint"])
+        full = attribution.TrainingRun.load(local_folder).measure(range(run["n_test"]),
                                                             body.measurement)
         base = full.double().numpy()[body.test_indices]
         try:

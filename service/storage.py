@@ -5,7 +5,7 @@ process reads directly. A URL is written once per run: the trainer saves the
 run to a local folder, uploads its files, and writes ``COMPLETE_MARKER`` (the
 run's fingerprint) last, so a reader never takes a half-uploaded run for a
 finished one. Each machine that needs the run downloads it once into a local
-cache folder named after the run fingerprint and loads it from there; the
+cache folder named after the run fingerprint and loads it from there. The
 copy's files are made read-only.
 
 Credentials and options of remote file systems come from their usual sources
@@ -132,7 +132,7 @@ def default_cache_dir() -> Path:
 
 def local_run_folder(location: str, fingerprint: Optional[str] = None,
                      cache_dir: Optional[Path] = None) -> Path:
-    """Return a local folder that holds the run stored at ``location``.
+    """Return a local folder that contains the run stored at ``location``.
 
     A local path is returned unchanged. A URL's run is downloaded once per
     ``cache_dir`` (default: ``default_cache_dir()``) into a folder named after

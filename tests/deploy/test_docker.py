@@ -348,7 +348,7 @@ def test_env_values_are_valid_settings(monkeypatch):
     from service.settings import Settings
 
     values = parse_env_file(ENV_FILE)
-    # The env file leaves the secrets empty; a key hash stands in for the test.
+    # The env file leaves the secrets empty, so the test sets a well-formed key hash.
     values["MAGIC_API_KEYS"] = "0" * 64
     for name, value in values.items():
         monkeypatch.setenv(name, value)
