@@ -84,9 +84,9 @@ def create_app(settings: Optional[Settings] = None,
             embedded = EmbeddedRedis(settings.redis_dir)
             redis_url = embedded.start()
         store = Store.from_url(redis_url, score_ttl_s=settings.score_ttl_s,
-                               job_ttl_s=settings.job_ttl_s)
+                               job_ttl_s=settings.job_ttl_s, retry_s=settings.redis_retry_s)
         if embedded is not None:
-            _fail_stale_records(store)
+            _recover_private_redis(store)
         backend = backend_factory(settings, store, redis_url)
         app.state.settings, app.state.store, app.state.backend = settings, store, backend
         app.state.redis_url = redis_url
@@ -160,17 +160,18 @@ _SIGN_CONVENTION = (
 )
 
 
-def _fail_stale_records(store: Store) -> None:
-    """Mark work left unfinished by a previous process on this private Redis as failed."""
-    for job_id in store.active_job_ids():
-        store.transition_job(job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.FAILED,
-                             error=RESTART_MESSAGE, finished_at=time.time())
+def _recover_private_redis(store: Store) -> None:
+    """Prepare work left unfinished by a previous process on this private Redis.
+
+    No other process uses a private Redis, so the leases of the previous one are
+    dropped and the backend resumes its jobs and training runs at once.
+    Evaluations are not resumed; they are marked failed.
+    """
+    store.clear_leases()
     for evaluation_id in store.active_evaluation_ids():
         store.transition_evaluation(evaluation_id, (JobStatus.QUEUED, JobStatus.RUNNING),
                                     JobStatus.FAILED, error=RESTART_MESSAGE,
                                     finished_at=time.time())
-    for run_id in store.training_run_ids():
-        store.finish_run(run_id, RunStatus.FAILED, error=RESTART_MESSAGE)
 
 
 def get_store(request: Request) -> Store:
@@ -268,9 +269,14 @@ def _require_run(store: Store, run_id: str) -> dict:
 # -------------------------------------------------------------------- jobs
 @router.post("/v1/jobs", response_model=JobCreated,
              status_code=status.HTTP_202_ACCEPTED)
-def submit_job(body: JobCreate, store: StoreDep, backend: BackendDep,
+def submit_job(body: JobCreate, response: Response, store: StoreDep, backend: BackendDep,
                settings: SettingsDep, owner: OwnerDep) -> JobCreated:
-    """Submit an attribution job for test samples of a ready training run."""
+    """Submit an attribution job for test samples of a ready training run.
+
+    Returns 202 with a queued job, or 200 when no new work is needed: the job is
+    already succeeded because every score vector is cached, or a queued or
+    running job with the same inputs exists and its id is returned.
+    """
     import attribution
 
     run = _require_run(store, body.run_id)
@@ -286,18 +292,39 @@ def submit_job(body: JobCreate, store: StoreDep, backend: BackendDep,
             raise FieldError(["test_indices", q],
                              f"test index {index} is out of range; run {body.run_id} has "
                              f"{run['n_test']} test samples (valid indices 0..{run['n_test'] - 1})")
+    job_id = uuid.uuid4().hex
+    fields = {
+        "job_id": job_id, "run_id": body.run_id, "measurement": body.measurement,
+        "test_indices": body.test_indices, "total": len(body.test_indices),
+        "engine_version": attribution.__version__, "owner": owner or "",
+    }
+    arguments = [score_arguments(run["fingerprint"], index, body.measurement,
+                                 attribution.__version__) for index in body.test_indices]
+    if not store.missing_scores(arguments):
+        # Every score vector is cached: the job is final at once, with no queue or worker.
+        now = time.time()
+        store.create_finished_job(job_id, {
+            **fields, "status": JobStatus.SUCCEEDED.value, "done": len(arguments),
+            "cached": len(arguments), "replayed": 0, "started_at": now, "finished_at": now,
+        })
+        response.status_code = status.HTTP_200_OK
+        logger.info("job %s answered from the cache: %d test samples", job_id, len(arguments))
+        return JobCreated(job_id=job_id, status=JobStatus.SUCCEEDED)
+
     if store.active_job_count() >= settings.max_active_jobs:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail=f"{settings.max_active_jobs} jobs are queued or running, "
                                    "the configured maximum; retry later",
                             headers={"Retry-After": str(RETRY_JOB_S)})
-
-    job_id = uuid.uuid4().hex
-    store.create_job(job_id, {
-        "job_id": job_id, "run_id": body.run_id, "measurement": body.measurement,
-        "test_indices": body.test_indices, "total": len(body.test_indices),
-        "engine_version": attribution.__version__, "owner": owner or "",
-    })
+    store.create_job(job_id, fields)
+    inputs = {name: value for name, value in fields.items() if name != "job_id"}
+    running = store.join_or_reserve(inputs, job_id)
+    if running is not None:
+        # The same inputs are queued or running: join that job instead of computing twice.
+        store.delete_job(job_id)
+        response.status_code = status.HTTP_200_OK
+        logger.info("submission joined job %s, which has the same inputs", running)
+        return JobCreated(job_id=running, status=store.job_status(running) or JobStatus.QUEUED)
     backend.submit_job(job_id)
     logger.info("job %s submitted: run %s, %d test samples, measurement %s", job_id,
                 body.run_id, len(body.test_indices), body.measurement)

@@ -18,6 +18,7 @@ class BackgroundServer:
     """Runs uvicorn with ``app`` on ``127.0.0.1`` and a free port until ``stop``."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))

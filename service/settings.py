@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="Time limit of short Ray calls (actor start-up, run loading) in seconds.",
     )
+    worker_start_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="Time limit for replay workers to start and load their run in seconds "
+                    "(a new process imports torch, so a busy node needs a while).")
     shard_retries: int = Field(
         default=2, ge=0, le=100,
         description="Times a shard is handed to a fresh replay worker after its worker "

@@ -158,11 +158,53 @@ def test_submit_job_queues_it(api, ready_run, backend):
 
 
 def test_too_many_active_jobs_is_503(api, ready_run):
-    for _ in range(3):
-        assert api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]}).status_code == 202
-    response = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]})
+    for index in range(3):
+        response = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [index]})
+        assert response.status_code == 202
+    response = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [3]})
     assert response.status_code == 503
     assert "Retry-After" in response.headers
+
+
+def test_same_inputs_while_active_join_the_first_job(api, ready_run, backend):
+    body = {"run_id": ready_run, "test_indices": [5, 1]}
+    first = api.post("/v1/jobs", json=body)
+    second = api.post("/v1/jobs", json=body)
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert second.json()["job_id"] == first.json()["job_id"]
+    assert backend.jobs == [first.json()["job_id"]]
+    # Other inputs, the other measurement included, make another job.
+    other = api.post("/v1/jobs", json={**body, "measurement": "margin"})
+    assert other.status_code == 202
+    assert len(set(backend.jobs)) == 2
+
+
+def test_same_inputs_after_the_first_job_failed_make_a_new_job(api, ready_run, backend, store):
+    body = {"run_id": ready_run, "test_indices": [7]}
+    first = api.post("/v1/jobs", json=body).json()["job_id"]
+    store.transition_job(first, (JobStatus.QUEUED,), JobStatus.FAILED, error="worker lost")
+    second = api.post("/v1/jobs", json=body)
+    assert second.status_code == 202
+    assert second.json()["job_id"] != first
+    assert backend.jobs == [first, second.json()["job_id"]]
+
+
+def test_fully_cached_job_succeeds_at_submission(api, ready_run, backend, store):
+    first = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [3, 8]}).json()
+    scores = np.arange(400, dtype=np.float32).reshape(2, 200)
+    _finish_job(store, first["job_id"], scores)
+    again = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [8, 3]})
+    assert again.status_code == 200
+    assert again.json()["status"] == "succeeded"
+    assert backend.jobs == [first["job_id"]]
+    job = api.get(f"/v1/jobs/{again.json()['job_id']}").json()
+    assert job["status"] == "succeeded"
+    assert job["cached"] == 2
+    matrix = api.get(f"/v1/jobs/{again.json()['job_id']}/scores").json()["scores"]
+    np.testing.assert_array_equal(matrix, scores[::-1])
+    # One sample not cached: the job goes to the backend.
+    partly = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [3, 9]})
+    assert partly.status_code == 202
 
 
 def test_cancel_then_cancel_again(api, ready_run):

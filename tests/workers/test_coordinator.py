@@ -1,12 +1,14 @@
 """Coordinator pieces that run without a Ray cluster."""
 
+import time
+
 import pytest
 from ray.exceptions import RayTaskError
 
-from service.keys import JobStatus
+from service.keys import JobStatus, lease_key
 from service.settings import Settings
 from service.store import Store
-from workers.coordinator import SHUTDOWN_MESSAGE, RayBackend, describe_error, shard_length
+from workers.coordinator import REQUEUED_MESSAGE, RayBackend, describe_error, shard_length
 
 
 @pytest.fixture
@@ -28,16 +30,52 @@ def test_describe_error_keeps_last_line():
     assert describe_error(TimeoutError()) == "TimeoutError: no message"
 
 
-def test_shutdown_fails_queued_jobs(store, tmp_path):
-    backend = RayBackend(Settings(storage_dir=tmp_path), store, redis_url="unused")
-    backend.stopping.set()
-    store.create_job("job1", {"job_id": "job1", "run_id": "run1", "measurement": "loss",
+def _queued_job(store, job_id):
+    store.create_job(job_id, {"job_id": job_id, "run_id": "run1", "measurement": "loss",
                               "test_indices": [0], "total": 1, "engine_version": "0.1.0"})
-    backend.submit_job("job1")
-    backend.shutdown(timeout=5)
-    job = store.get_job("job1")
-    assert job["status"] == JobStatus.FAILED
-    assert job["error"] == SHUTDOWN_MESSAGE
+
+
+def test_shutdown_leaves_jobs_queued_for_the_next_process(store, tmp_path):
+    settings = Settings(storage_dir=tmp_path)
+    first = RayBackend(settings, store, redis_url="unused")
+    _queued_job(store, "job1")
+    first.submit_job("job1")
+    assert store.client.exists(lease_key("job", "job1"))
+    first.shutdown(timeout=5)
+    assert store.get_job("job1")["status"] == JobStatus.QUEUED
+    assert not store.client.exists(lease_key("job", "job1"))
+
+    second = RayBackend(settings, store, redis_url="unused")
+    assert second.sweep() == ["job job1"]
+    assert second._jobs.get_nowait() == "job1"
+    assert second.sweep() == []  # held now, not taken twice
+
+
+def test_sweep_takes_only_jobs_whose_lease_lapsed(store, tmp_path):
+    settings = Settings(storage_dir=tmp_path)
+    _queued_job(store, "held")
+    _queued_job(store, "orphan")
+    store.transition_job("orphan", (JobStatus.QUEUED,), JobStatus.RUNNING)
+    assert store.claim("job", "held", "another-process", lease_s=60)
+    assert store.claim("job", "orphan", "stopped-process", lease_s=0.2)
+    time.sleep(0.4)
+    backend = RayBackend(settings, store, redis_url="unused")
+    assert backend.sweep() == ["job orphan"]
+    orphan = store.get_job("orphan")
+    assert orphan["status"] == JobStatus.QUEUED
+    assert orphan["error"] == REQUEUED_MESSAGE
+    assert store.job_status("held") == JobStatus.QUEUED
+    # A lease is renewed and released only by the token that holds it.
+    assert not store.renew("job", "held", backend.token, lease_s=60)
+    store.release("job", "held", backend.token)
+    assert store.client.get(lease_key("job", "held")) == b"another-process"
+
+
+def test_a_finished_job_is_not_resumed(store, tmp_path):
+    _queued_job(store, "done")
+    store.transition_job("done", (JobStatus.QUEUED,), JobStatus.SUCCEEDED)
+    backend = RayBackend(Settings(storage_dir=tmp_path), store, redis_url="unused")
+    assert backend.sweep() == []
 
 
 @pytest.mark.parametrize("missing,max_shard,workers,expected", [
