@@ -39,6 +39,9 @@ pytestmark = pytest.mark.integration
 # takes long enough on this CPU for a fault to land in the middle of a job.
 LONG = {**TINY, "epochs": 60}
 INDICES = list(range(16))
+# benchmarks/fault_report.py sets this to inject every fault several times.
+REPEATS = int(os.environ.get("MAGIC_FAULT_REPEATS", "1"))
+repeat = pytest.mark.parametrize("attempt", range(REPEATS))
 
 
 class RedisProcess:
@@ -124,7 +127,8 @@ def _check_complete(client, store, settings, run_id, job_id) -> None:
     assert len(list(store.client.scan_iter(match=SCORES_PREFIX + "*"))) == len(INDICES)
 
 
-def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path):
+@repeat
+def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path, attempt):
     settings = _settings(redis_process, tmp_path)
     app_server = BackgroundServer(_app(settings))
     url = app_server.start()
@@ -144,7 +148,8 @@ def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path):
         app_server.stop()
 
 
-def test_redis_killed_and_restarted_mid_job(ray_cluster, redis_process, tmp_path):
+@repeat
+def test_redis_killed_and_restarted_mid_job(ray_cluster, redis_process, tmp_path, attempt):
     settings = _settings(redis_process, tmp_path)
     app_server = BackgroundServer(_app(settings))
     url = app_server.start()
@@ -199,7 +204,8 @@ def _wait_healthy(url: str, timeout: float = 180.0) -> None:
         time.sleep(0.2)
 
 
-def test_api_process_killed_mid_job(ray_cluster, redis_process, tmp_path):
+@repeat
+def test_api_process_killed_mid_job(ray_cluster, redis_process, tmp_path, attempt):
     settings = _settings(redis_process, tmp_path)
     settings.storage_dir.mkdir(parents=True)
     store = Store.from_url(redis_process.url)

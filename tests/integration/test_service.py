@@ -13,7 +13,9 @@ import attribution
 from client import (AsyncAttributionClient, ConflictError, JobFailedError, NotFoundError,
                     RequestValidationError)
 from attribution.text import decode
+from service.keys import score_arguments
 from service.runs import run_folder
+from service.store import Store
 
 from .conftest import TINY
 
@@ -101,6 +103,28 @@ def test_job_on_training_run_then_cancel(client, settings):
     assert job["progress"]["done"] <= cancelled["progress"]["done"] + 2 * settings.replay_batch_size
     with pytest.raises(JobFailedError, match="cancelled"):
         client.wait(job_id, timeout=5, progress=False)
+
+    # The samples finished before the cancellation stay cached and readable.
+    store = Store.from_url(settings.redis_url)
+    try:
+        fingerprint = client.get_run(created["run_id"])["fingerprint"]
+        cached = [index for index in range(40)
+                  if store.get_scores(score_arguments(fingerprint, index, "loss",
+                                                      attribution.__version__)) is not None]
+    finally:
+        store.close()
+    assert len(cached) >= cancelled["progress"]["done"] > 0
+
+
+def test_same_job_submitted_twice_is_computed_once(client):
+    # 80 steps per reverse pass, so the first job is still running at the second submission.
+    run = client.create_run("digits-mlp", {**TINY, "epochs": 40}, wait=True, timeout=120)
+    indices = [30, 31, 32, 33, 34, 35, 36, 37]
+    first = client.submit_job(run["run_id"], indices)
+    second = client.submit_job(run["run_id"], indices)
+    assert second == first
+    job = client.wait(first, timeout=120, progress=False)
+    assert job["replayed"] == len(indices)
 
 
 def test_worker_failure_marks_job_failed(client, settings):
