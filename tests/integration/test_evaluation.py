@@ -125,3 +125,25 @@ def test_prediction_with_verify(http, client, tiny_run, settings):
     assert len(body["actual_change"]) == 2
     # A smooth tiny run: predicted and true changes agree in sign.
     assert np.all(np.sign(body["predicted_change"]) == np.sign(body["actual_change"]))
+
+
+def test_language_model_evaluation_equals_local_comparison(http, client, settings):
+    overrides = dict(n_train=30, n_test=4, sequence_length=8, hidden=[16], n_heads=2,
+                     batch_size=10, epochs=1)
+    run = client.create_run("shakespeare-gpt", overrides, wait=True, timeout=300)
+    body = {"run_id": run["run_id"], "test_indices": [1, 3], "fractions": [0.1],
+            "num_subsets": 4, "methods": ["magic", "tracin"]}
+    created = http.post("/v1/evaluations", json=body)
+    assert created.status_code == 202
+    record = _wait(http, created.json()["evaluation_id"], timeout=300)
+    assert record["status"] == "succeeded", record["error"]
+    result = http.get(f"/v1/evaluations/{record['evaluation_id']}/result").json()
+
+    loaded = attribution.TrainingRun.load(run_folder(settings.runs_dir, run["run_id"]))
+    local = compare_methods(loaded, body["test_indices"], body["methods"],
+                            fractions=body["fractions"],
+                            num_subsets=body["num_subsets"]).to_dict()
+    assert result["failed"] == {}
+    for method in body["methods"]:
+        assert result["lds"][method]["0.1"] == pytest.approx(local["lds"][method]["0.1"],
+                                                             abs=1e-6)
