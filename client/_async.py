@@ -9,8 +9,9 @@ from typing import Any, Iterable, Optional
 import httpx
 import numpy as np
 
-from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers, job_body,
-                    load_npy, raise_for_status, retry_after_seconds, run_is_ready,
+from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers,
+                    evaluation_body, evaluation_finished, job_body, load_npy,
+                    prediction_body, raise_for_status, retry_after_seconds, run_is_ready,
                     should_retry)
 from ._errors import (JobFailedError, ServiceConnectionError,
                       WaitTimeoutError)
@@ -109,6 +110,37 @@ class AsyncAttributionClient:
 
     async def cancel(self, job_id: str) -> dict:
         return (await self._request("DELETE", f"/v1/jobs/{job_id}")).json()
+
+    # --------------------------------------------------------- evaluations
+    async def submit_evaluation(self, run_id: str, test_indices: Iterable[int],
+                                methods: Iterable[str] = ("magic",),
+                                fractions: Iterable[float] = (0.01, 0.05, 0.1),
+                                num_subsets: int = 50, **options: Any) -> str:
+        """Submit an evaluation job; see ``AttributionClient.submit_evaluation``."""
+        body = evaluation_body(run_id, test_indices, methods, fractions, num_subsets, options)
+        response = await self._request("POST", "/v1/evaluations", json=body)
+        return response.json()["evaluation_id"]
+
+    async def get_evaluation(self, evaluation_id: str) -> dict:
+        return (await self._request("GET", f"/v1/evaluations/{evaluation_id}")).json()
+
+    async def wait_evaluation(self, evaluation_id: str, timeout: Optional[float] = None,
+                              poll_interval: float = 0.5) -> dict:
+        """Poll until the evaluation finishes and return its result; see the sync client."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not evaluation_finished(await self.get_evaluation(evaluation_id), evaluation_id,
+                                      deadline, timeout):
+            await asyncio.sleep(poll_interval)
+        return (await self._request("GET", f"/v1/evaluations/{evaluation_id}/result")).json()
+
+    async def cancel_evaluation(self, evaluation_id: str) -> dict:
+        return (await self._request("DELETE", f"/v1/evaluations/{evaluation_id}")).json()
+
+    async def predict(self, run_id: str, test_indices: Iterable[int], removed: Iterable[int],
+                      measurement: str = "loss", verify: bool = False) -> dict:
+        """Return the predicted (and with ``verify`` the retrained) change of each measurement."""
+        body = prediction_body(run_id, test_indices, removed, measurement, verify)
+        return (await self._request("POST", "/v1/predictions", json=body)).json()
 
     # ------------------------------------------------------------- transport
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

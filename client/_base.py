@@ -12,7 +12,7 @@ from typing import Any, Optional
 import httpx
 import numpy as np
 
-from ._errors import STATUS_ERRORS, APIError, RunFailedError, WaitTimeoutError
+from ._errors import STATUS_ERRORS, APIError, JobFailedError, RunFailedError, WaitTimeoutError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "MAGIC_API_KEY"
@@ -98,6 +98,39 @@ def run_is_ready(run: dict, deadline: Optional[float], timeout: Optional[float])
 def job_body(run_id: str, test_indices, measurement: str) -> dict[str, Any]:
     return {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
             "measurement": measurement}
+
+
+def evaluation_body(run_id: str, test_indices, methods, fractions, num_subsets: int,
+                    options: dict[str, Any]) -> dict[str, Any]:
+    """Return the body of POST /v1/evaluations; ``options``: measurement, seed, trak_proj_dim."""
+    return {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
+            "methods": list(methods), "fractions": [float(p) for p in fractions],
+            "num_subsets": num_subsets, **options}
+
+
+def prediction_body(run_id: str, test_indices, removed, measurement: str,
+                    verify: bool) -> dict[str, Any]:
+    return {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
+            "removed": [int(i) for i in removed], "measurement": measurement,
+            "verify": verify}
+
+
+def evaluation_finished(record: dict, evaluation_id: str, deadline: Optional[float],
+                        timeout: Optional[float]) -> bool:
+    """Return True once the evaluation succeeded, False while it runs.
+
+    Raises JobFailedError if it failed or was cancelled and WaitTimeoutError past
+    ``deadline`` (a ``time.monotonic()`` value, or None for no limit).
+    """
+    if record["status"] == "succeeded":
+        return True
+    if record["status"] in FINISHED_JOB_STATUSES:
+        raise JobFailedError({**record, "job_id": evaluation_id})
+    if deadline is not None and time.monotonic() > deadline:
+        raise WaitTimeoutError(f"evaluation {evaluation_id} not finished after {timeout} s "
+                               f"({record['progress']['done']}/{record['progress']['total']} "
+                               "done)")
+    return False
 
 
 def load_npy(content: bytes) -> np.ndarray:

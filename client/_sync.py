@@ -8,8 +8,9 @@ from typing import Any, Iterable, Optional
 import httpx
 import numpy as np
 
-from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers, job_body,
-                    load_npy, raise_for_status, retry_after_seconds, run_is_ready,
+from ._base import (DEFAULT_BASE_URL, FINISHED_JOB_STATUSES, RetryPolicy, auth_headers,
+                    evaluation_body, evaluation_finished, job_body, load_npy,
+                    prediction_body, raise_for_status, retry_after_seconds, run_is_ready,
                     should_retry)
 from ._errors import (JobFailedError, ServiceConnectionError,
                       WaitTimeoutError)
@@ -142,9 +143,7 @@ class AttributionClient:
 
         ``options`` are further request fields: measurement, seed, trak_proj_dim.
         """
-        body = {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
-                "methods": list(methods), "fractions": [float(p) for p in fractions],
-                "num_subsets": num_subsets, **options}
+        body = evaluation_body(run_id, test_indices, methods, fractions, num_subsets, options)
         return self._request("POST", "/v1/evaluations", json=body).json()["evaluation_id"]
 
     def get_evaluation(self, evaluation_id: str) -> dict:
@@ -158,17 +157,9 @@ class AttributionClient:
         after ``timeout`` seconds (the evaluation keeps running).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.get_evaluation(evaluation_id)
-            if record["status"] in FINISHED_JOB_STATUSES:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeoutError(f"evaluation {evaluation_id} not finished after "
-                                       f"{timeout} s ({record['progress']['done']}/"
-                                       f"{record['progress']['total']} done)")
+        while not evaluation_finished(self.get_evaluation(evaluation_id), evaluation_id,
+                                      deadline, timeout):
             time.sleep(poll_interval)
-        if record["status"] != "succeeded":
-            raise JobFailedError({**record, "job_id": evaluation_id})
         return self._request("GET", f"/v1/evaluations/{evaluation_id}/result").json()
 
     def cancel_evaluation(self, evaluation_id: str) -> dict:
@@ -177,9 +168,7 @@ class AttributionClient:
     def predict(self, run_id: str, test_indices: Iterable[int], removed: Iterable[int],
                 measurement: str = "loss", verify: bool = False) -> dict:
         """Return the predicted (and with ``verify`` the retrained) change of each measurement."""
-        body = {"run_id": run_id, "test_indices": [int(i) for i in test_indices],
-                "removed": [int(i) for i in removed], "measurement": measurement,
-                "verify": verify}
+        body = prediction_body(run_id, test_indices, removed, measurement, verify)
         return self._request("POST", "/v1/predictions", json=body).json()
 
     # ------------------------------------------------------------- transport

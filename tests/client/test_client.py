@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
 
@@ -164,6 +165,69 @@ def test_async_client_submit_and_wait():
 
     assert asyncio.run(scenario())["status"] == "succeeded"
     assert post_statuses == [503, 202]
+
+
+def _evaluation(status, done=0):
+    return {"evaluation_id": "e1", "status": status, "progress": {"done": done, "total": 3},
+            "error": "retraining failed" if status == "failed" else None}
+
+
+@pytest.mark.parametrize("make_client", ["sync", "async"])
+def test_evaluation_submit_wait_and_predict(make_client):
+    states = iter([_evaluation("running", 1), _evaluation("succeeded", 3)])
+    bodies = []
+
+    def handler(request):
+        path = request.url.path
+        if request.method == "POST":
+            bodies.append((path, json.loads(request.content)))
+            if path == "/v1/predictions":
+                return httpx.Response(200, json={"predicted": [[0.5]]})
+            return httpx.Response(202, json={"evaluation_id": "e1", "status": "queued"})
+        if path.endswith("/result"):
+            return httpx.Response(200, json={"lds": {"magic": {"0.1": 0.9}}})
+        return httpx.Response(200, json=next(states))
+
+    def run(client):
+        evaluation_id = client.submit_evaluation("r1", (4, 2), methods=["magic"],
+                                                 fractions=[0.1], num_subsets=6, seed=3)
+        result = client.wait_evaluation(evaluation_id, poll_interval=0.0)
+        return result, client.predict("r1", [4], removed=[7, 9])
+
+    async def run_async():
+        async with AsyncAttributionClient("http://service.test", retry=FAST,
+                                          transport=httpx.MockTransport(handler)) as client:
+            evaluation_id = await client.submit_evaluation(
+                "r1", (4, 2), methods=["magic"], fractions=[0.1], num_subsets=6, seed=3)
+            result = await client.wait_evaluation(evaluation_id, poll_interval=0.0)
+            return result, await client.predict("r1", [4], removed=[7, 9])
+
+    if make_client == "sync":
+        with _client(handler) as client:
+            result, prediction = run(client)
+    else:
+        result, prediction = asyncio.run(run_async())
+    assert result == {"lds": {"magic": {"0.1": 0.9}}}
+    assert prediction == {"predicted": [[0.5]]}
+    assert bodies == [
+        ("/v1/evaluations", {"run_id": "r1", "test_indices": [4, 2], "methods": ["magic"],
+                             "fractions": [0.1], "num_subsets": 6, "seed": 3}),
+        ("/v1/predictions", {"run_id": "r1", "test_indices": [4], "removed": [7, 9],
+                             "measurement": "loss", "verify": False}),
+    ]
+
+
+def test_async_wait_evaluation_raises_for_failed():
+    def handler(request):
+        return httpx.Response(200, json=_evaluation("failed"))
+
+    async def scenario():
+        async with AsyncAttributionClient("http://service.test", retry=FAST,
+                                          transport=httpx.MockTransport(handler)) as client:
+            await client.wait_evaluation("e1", poll_interval=0.0)
+
+    with pytest.raises(JobFailedError, match="retraining failed"):
+        asyncio.run(scenario())
 
 
 def test_client_imports_without_torch_or_ray():
