@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 DEFAULT_RECIPE = "mnist-mlp"
 
@@ -78,11 +78,36 @@ def _load_or_train(args: argparse.Namespace):
     return run
 
 
+SMOOTHNESS_FILE = "smoothness.json"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     run = _load_or_train(args)
+    smoothness = None
+    if not args.no_smoothness:
+        from attribution.smoothness import smoothness_probe
+
+        smoothness = smoothness_probe(run).to_dict()
+        if args.run_dir:
+            (Path(args.run_dir) / SMOOTHNESS_FILE).write_text(json.dumps(smoothness, indent=2))
+        _warn_if_not_smooth(smoothness)
     print(json.dumps({"fingerprint": run.fingerprint, "num_steps": run.num_steps,
-                      "metrics": run.metrics, "run_dir": args.run_dir}, indent=2))
+                      "metrics": run.metrics, "smoothness": smoothness,
+                      "run_dir": args.run_dir}, indent=2))
     return 0
+
+
+def _warn_if_not_smooth(smoothness: Optional[dict]) -> None:
+    if smoothness and smoothness.get("warning"):
+        print(f"warning: {smoothness['warning']}", file=sys.stderr)
+
+
+def _saved_smoothness(run_dir: Optional[str]) -> Optional[dict]:
+    """Return the probe result that ``train`` saved beside the run, if any."""
+    path = Path(run_dir) / SMOOTHNESS_FILE if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -91,6 +116,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise SystemExit(f"error: --top-k {args.top_k} must be at least 1")
     run = _load_or_train(args)
+    _warn_if_not_smooth(_saved_smoothness(args.run_dir))
     indices = _parse_indices(args.test_indices)
     result = attribution.attribute_with_stats(run, indices, measurement=args.measurement,
                                               policy=args.policy, batch_size=args.batch_size,
@@ -188,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a recipe deterministically and save the run")
     _add_run_arguments(train)
+    train.add_argument("--no-smoothness", action="store_true",
+                       help="skip the smoothness probe (4 extra training runs), which warns "
+                            "when scores will predict retraining poorly")
     train.set_defaults(func=cmd_train)
 
     attribute = sub.add_parser("attribute", help="compute MAGIC scores for test samples")

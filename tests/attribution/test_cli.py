@@ -54,3 +54,22 @@ def test_attribute_reuses_saved_spec_without_recipe(tmp_path, capsys):
 def test_bad_attribute_arguments_exit_with_message(arguments, match):
     with pytest.raises(SystemExit, match=match):
         main(["attribute", *TINY, *arguments])
+
+
+def test_train_and_attribute_warn_about_a_non_smooth_run(tmp_path, capsys):
+    rough = ["--recipe", "digits-mlp", "--set", "n_train=200", "--set", "n_test=50",
+             "--set", "epochs=10", "--set", "hidden=[16]", "--set", "output_scale=1.0",
+             "--set", "lr=1.0"]
+    run_dir = str(tmp_path / "run")
+    assert main(["train", *rough, "--run-dir", run_dir]) == 0
+    captured = capsys.readouterr()
+    assert "not smooth" in captured.err
+    assert json.loads(captured.out)["smoothness"]["warning"] is not None
+    assert main(["attribute", "--run-dir", run_dir, "--test-indices", "0"]) == 0
+    assert "not smooth" in capsys.readouterr().err
+
+
+def test_train_without_probe(tmp_path, capsys):
+    assert main(["train", *TINY, "--run-dir", str(tmp_path / "run"), "--no-smoothness"]) == 0
+    assert json.loads(capsys.readouterr().out)["smoothness"] is None
+    assert not (tmp_path / "run" / "smoothness.json").exists()
