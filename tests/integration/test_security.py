@@ -28,13 +28,17 @@ RETRY = RetryPolicy(attempts=2, base_delay=0.1)
 
 @pytest.fixture(scope="module")
 def secured_url(ray_cluster, redis_base_url, tmp_path_factory):
-    """A service with two API keys, on Redis database 2 and the session's Ray."""
+    """Serve the app with two API keys, on Redis database 2 and the session's Ray.
+
+    Its replay workers stop after each job, so they leave the Ray CPUs free for
+    the other integration tests' service.
+    """
     settings = Settings(redis_url=f"{redis_base_url}?db=2",
                         storage_dir=tmp_path_factory.mktemp("secured"),
                         api_keys=(hash_key(KEY_A), hash_key(KEY_B)), max_body_bytes=64 * 1024,
                         shard_size=4, replay_batch_size=2, replay_workers=2,
                         shard_timeout_s=120, train_timeout_s=120, ray_call_timeout_s=60,
-                        smoothness_probe=False)
+                        smoothness_probe=False, worker_idle_s=0)
     store = Store.from_url(settings.redis_url)
     store.client.flushdb()
     server = BackgroundServer(create_app(settings))
