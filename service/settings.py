@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         description="GPUs each replay worker requests when the cluster has GPUs (a "
                     "fraction packs several workers on one GPU); without GPUs each takes 1 CPU.")
     worker_idle_s: float = Field(
-        default=600.0, ge=0,
+        default=60.0, ge=0,
         description="Seconds a warm replay worker waits for the next job on its run before "
                     "it stops and frees its CPU or GPU; 0 stops workers after every job.")
     job_lease_s: float = Field(

@@ -269,6 +269,7 @@ class RayBackend:
 
     def _train(self, run_id: str, spec: dict, fingerprint: str) -> None:
         started = time.perf_counter()
+        self.pool.stop_idle(now=True)
         ref = train_run.options(name=f"train run {run_id}",
                                 **training_resources(self.settings)).remote(
             spec, storage.run_location(self.settings, run_id), fingerprint,
@@ -333,6 +334,7 @@ class RayBackend:
             if self.stopping.is_set():
                 coordinator._fail(SHUTDOWN_MESSAGE)
                 continue
+            self.pool.stop_idle(now=True)
             coordinator.run()
 
     def retrain(self, folder: str, removed: list[int], measurement: str):
@@ -344,6 +346,7 @@ class RayBackend:
         """
         from .evaluation import retrain_task
 
+        self.pool.stop_idle(now=True)
         ref = retrain_task.options(name=f"retrain {folder.rstrip('/').rsplit('/', 1)[-1]}",
                                    **training_resources(self.settings)).remote(
             folder, removed, measurement)

@@ -4,8 +4,10 @@ Starting a replay worker costs a process, the torch import and loading the run,
 several seconds that a short job cannot hide. The pool keeps the workers of the
 last run it served and hands them to the next job on that run. Workers of one
 run at a time are kept: a job on another run stops them first, so idle workers
-never hold the CPUs or GPUs a new job needs. Workers left idle for
-``MAGIC_WORKER_IDLE_S`` seconds are stopped.
+never hold the CPUs or GPUs a new job needs, and training or evaluation in the
+same process stops idle workers before it submits its tasks. Workers left idle
+for ``MAGIC_WORKER_IDLE_S`` seconds are stopped, which bounds how long they
+hold resources that another service process on the same cluster waits for.
 
 The pool serves one job at a time; ``RayBackend`` runs jobs one after another.
 """
@@ -84,13 +86,18 @@ class WorkerPool:
         self._start(run_id, 1)
         return self._workers[-1]
 
-    def stop_idle(self) -> bool:
-        """Stop the workers if they have been idle for ``MAGIC_WORKER_IDLE_S``; True if stopped."""
+    def stop_idle(self, now: bool = False) -> bool:
+        """Stop the workers if no job uses them and they have been idle for
+        ``MAGIC_WORKER_IDLE_S`` (or at once with ``now``); return True if stopped.
+
+        Training and retraining tasks call this with ``now`` first, so that idle
+        workers do not hold the CPUs or GPUs those tasks need.
+        """
         if not self._lock.acquire(blocking=False):
             return False
         try:
             idle = time.monotonic() - self._last_used
-            if self._workers and idle >= self.settings.worker_idle_s:
+            if self._workers and (now or idle >= self.settings.worker_idle_s):
                 logger.info("stopping %d replay workers idle for %.0f s", len(self._workers), idle)
                 self._stop_all()
                 return True

@@ -28,7 +28,10 @@ def ray_cluster():
 def settings(redis_base_url, tmp_path_factory) -> Settings:
     return Settings(redis_url=f"{redis_base_url}?db=0", storage_dir=tmp_path_factory.mktemp("storage"),
                     shard_size=4, replay_batch_size=2, replay_workers=2, shard_timeout_s=120,
-                    train_timeout_s=120, ray_call_timeout_s=60)
+                    train_timeout_s=120, ray_call_timeout_s=60,
+                    # Other services in the session share this Ray's 2 CPUs, so idle
+                    # replay workers stop after about a second (checked every second).
+                    worker_idle_s=1, job_lease_s=3)
 
 
 @pytest.fixture(scope="session")
