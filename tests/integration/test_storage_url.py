@@ -24,8 +24,8 @@ def url_settings(redis_base_url, tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("url-storage")
     return Settings(redis_url=f"{redis_base_url}?db=2", storage_dir=root / "local",
                     runs_url=f"file://{root}/remote/runs", shard_size=4, replay_batch_size=2,
-                    replay_workers=2, shard_timeout_s=120, train_timeout_s=120,
-                    ray_call_timeout_s=60, smoothness_probe=False)
+                    replay_workers=2, shard_timeout_s=300, train_timeout_s=300,
+                    ray_call_timeout_s=120, smoothness_probe=False, worker_idle_s=0)
 
 
 @pytest.fixture(scope="module")
