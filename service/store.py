@@ -278,10 +278,11 @@ class Store:
         pipe.execute()
 
     def delete_job(self, job_id: str) -> None:
-        """Remove a job record that was never handed to a backend."""
+        """Remove a job record that was never handed to a backend, and its count."""
         pipe = self.client.pipeline()
         pipe.delete(job_key(job_id))
         pipe.srem(ACTIVE_JOBS, job_id)
+        pipe.hincrby(METRICS, "jobs_submitted", -1)
         pipe.execute()
 
     def join_or_reserve(self, inputs: dict, job_id: str) -> Optional[str]:

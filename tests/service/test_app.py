@@ -166,13 +166,14 @@ def test_too_many_active_jobs_is_503(api, ready_run):
     assert "Retry-After" in response.headers
 
 
-def test_same_inputs_while_active_join_the_first_job(api, ready_run, backend):
+def test_same_inputs_while_active_join_the_first_job(api, ready_run, backend, store):
     body = {"run_id": ready_run, "test_indices": [5, 1]}
     first = api.post("/v1/jobs", json=body)
     second = api.post("/v1/jobs", json=body)
     assert (first.status_code, second.status_code) == (202, 200)
     assert second.json()["job_id"] == first.json()["job_id"]
     assert backend.jobs == [first.json()["job_id"]]
+    assert store.metric_totals()["jobs_submitted"] == 1
     # Other inputs, the other measurement included, make another job.
     other = api.post("/v1/jobs", json={**body, "measurement": "margin"})
     assert other.status_code == 202
