@@ -1,12 +1,14 @@
 """Service overhead, cached-job latency and throughput with 1 and 2 replay workers.
 
 Usage: python benchmarks/service_overhead.py [--repeats 4] [--samples 64]
+       python benchmarks/service_overhead.py --repeats 0 --output service-cached
 
 Starts the embedded stack in this process (private Redis, local Ray, the app on
 a loopback port), trains mnist-mlp through the service, then per repeat and in
 turn: a fresh 64-sample job through the service, and the same 64 samples through
 ``attribution.attribute`` in this process (batch 64, one torch thread, as each
-replay worker has one CPU).
+replay worker has one CPU). The service runs with MAGIC_REPLAY_BATCH_SIZE equal
+to the sample count, so one worker also carries all samples in one reverse pass.
 Each repeat uses new test indices so nothing is cached. The first repeat starts
 the replay workers (cold); later ones find them warm in the pool, and the
 overhead medians are over those. Then a fully cached job
@@ -34,7 +36,10 @@ def run_service(args: argparse.Namespace, workers: int, storage: Path) -> dict:
     from service.server import BackgroundServer
     from service.settings import Settings
 
-    settings = Settings(storage_dir=storage, replay_workers=workers)
+    # The direct call carries all samples in one reverse pass; the service gets
+    # the same batch limit so that the comparison measures only the service.
+    settings = Settings(storage_dir=storage, replay_workers=workers,
+                        replay_batch_size=args.samples, shard_size=max(64, args.samples))
     server = BackgroundServer(create_app(settings))
     url = server.start()
     rows, cached = [], []
@@ -55,6 +60,8 @@ def run_service(args: argparse.Namespace, workers: int, storage: Path) -> dict:
                 rows.append({"service_s": service_s, "direct_s": direct_s,
                              "overhead": service_s / direct_s - 1, "cold": repeat == 0})
                 print(workers, "workers", rows[-1], flush=True)
+            indices = list(range(args.samples))
+            client.wait(client.submit_job(run_id, indices), progress=False)
             for _ in range(args.cached):
                 started = time.perf_counter()
                 job_id = client.submit_job(run_id, indices)
@@ -74,6 +81,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--cached", type=int, default=30)
+    parser.add_argument("--output", default="service",
+                        help="results file name under benchmarks/results (without .json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from service.settings import Settings
@@ -91,19 +100,22 @@ def main() -> None:
     for workers, result in results.items():
         cold = [r for r in result["rows"] if r["cold"]]
         rows = [r for r in result["rows"] if not r["cold"]] or cold
-        summary[f"{workers}_workers"] = {
-            "cold_overhead": cold[0]["overhead"] if cold else None,
+        timed = {
+            "cold_overhead": cold[0]["overhead"],
             "warm_repeats": len(rows),
             "median_service_s": median([r["service_s"] for r in rows]),
             "median_direct_s": median([r["direct_s"] for r in rows]),
             "median_overhead": median([r["overhead"] for r in rows]),
             "samples_per_s": args.samples / median([r["service_s"] for r in rows]),
+        } if rows else {}
+        summary[f"{workers}_workers"] = {
+            **timed,
             "cached_median_status_ms": 1e3 * median([c["status_s"] for c in result["cached"]]),
             "cached_median_with_scores_ms":
                 1e3 * median([c["with_scores_s"] for c in result["cached"]]),
         }
     print(summary)
-    save("service", {"recipe": args.recipe, "samples": args.samples, "repeats": args.repeats,
+    save(args.output, {"recipe": args.recipe, "samples": args.samples, "repeats": args.repeats,
                      "summary": summary, "raw": {str(k): v for k, v in results.items()}})
 
 
