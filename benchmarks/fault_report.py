@@ -2,10 +2,10 @@
 
 Usage: python benchmarks/fault_report.py [--repeats 3]
 
-Runs the fault tests with MAGIC_FAULT_REPEATS set, reads pytest's JUnit XML and
-writes, per fault, how many jobs were hit, how many ended succeeded with every
-score vector equal to the engine's scores on the same run, and the failure
-messages of the others, to benchmarks/results/faults.json. A passing test
+Runs the fault tests with MAGIC_FAULT_REPEATS set and reads pytest's JUnit XML.
+For each fault it writes to benchmarks/results/faults.json how many jobs were
+hit, how many ended succeeded with every score vector equal to the engine's
+scores on the same run, and the failure messages of the others. A passing test
 checks that the job succeeded, that its scores equal the engine's, and that
 the cache holds exactly one readable vector per test sample.
 """

@@ -263,7 +263,7 @@ class Store:
         return moved
 
     def create_finished_job(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Write a job record that is already final, such as a job answered from the cache."""
+        """Write a job record that is already final, such as a job served from the cache."""
         mapping = {"error": "", "created_at": time.time(), **fields}
         mapping = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
                    for k, v in mapping.items()}

@@ -2,10 +2,11 @@
 
 Starting a replay worker costs a process, the torch import and loading the run,
 several seconds that a short job cannot hide. The pool keeps the workers of the
-last run it served and hands them to the next job on that run. Workers of one
-run at a time are kept: a job on another run stops them first, so idle workers
-never hold the CPUs or GPUs a new job needs, and training or evaluation in the
-same process stops idle workers before it submits its tasks. Workers left idle
+last run it served and hands them to the next job on that run. It keeps the
+workers of one run at a time, and a job on another run stops them first, so
+idle workers never hold the CPUs or GPUs a new job needs. Training and
+evaluation in the same process also stop idle workers before they submit
+their tasks. Workers left idle
 for ``MAGIC_WORKER_IDLE_S`` seconds are stopped, which bounds how long they
 hold resources that another service process on the same cluster waits for.
 
@@ -55,7 +56,7 @@ class WorkerPool:
         """Yield ``count`` ready workers for the run, starting only the missing ones.
 
         Raises WorkerStartError naming the cause when a worker fails to start or
-        to load the run within ``MAGIC_RAY_CALL_TIMEOUT_S``. On an exception in
+        to load the run within ``MAGIC_WORKER_START_TIMEOUT_S``. On an exception in
         the body the pool's workers are stopped, since one may be stuck mid-shard.
         """
         with self._lock:

@@ -1,9 +1,10 @@
 """Faults injected into real processes: replay workers, Redis and the API process.
 
-Each test runs a job on a service with its own redis-server (append-only file
-on disk, a fixed unix socket, so it can be restarted in place), kills or
-restarts one component in the middle of the job, and checks that the job ends
-succeeded with every score vector equal to the engine's scores on the same run.
+Each test runs a job on a service with its own redis-server, which keeps an
+append-only file on disk and listens on a fixed unix socket so that it can be
+restarted in place. The test kills or restarts one component in the middle of
+the job. The job must end succeeded with every score vector equal to the
+engine's scores on the same run.
 """
 
 from __future__ import annotations
