@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 SHUTDOWN_MESSAGE = "the service shut down before this finished; submit it again"
+ORPHANED_EVALUATION_MESSAGE = ("the service process running this evaluation stopped; "
+                               "submit it again (retrained subsets already done are reused)")
 REQUEUED_MESSAGE = ("the service process running this job stopped; it resumes when a service "
                     "process is running")
 
@@ -107,7 +109,7 @@ class JobCoordinator:
     def _run(self, started: float) -> None:
         job = self.store.get_job(self.job_id)
         running = self.store.transition_job(self.job_id, (JobStatus.QUEUED,), JobStatus.RUNNING,
-                                            started_at=time.time())
+                                            started_at=time.time(), error="")
         if job is None or not running:
             raise JobCancelled()
         run = self.store.get_run(job["run_id"])
@@ -120,8 +122,12 @@ class JobCoordinator:
         arguments = [score_arguments(run["fingerprint"], i, job["measurement"],
                                      job["engine_version"]) for i in indices]
         missing = [indices[q] for q in self.store.missing_scores(arguments)]
-        cached = len(indices) - len(missing)
-        self.store.set_job_fields(self.job_id, cached=cached, done=cached, replayed=0)
+        # A resumed job keeps the samples an earlier process replayed for it as
+        # replayed, not as cache hits.
+        replayed = job["replayed"]
+        cached = max(0, len(indices) - len(missing) - replayed)
+        self.store.set_job_fields(self.job_id, cached=cached, done=len(indices) - len(missing),
+                                  replayed=replayed)
         metrics.record_cache_hits(cached, job["measurement"])
 
         for attempt in range(2):
@@ -232,13 +238,14 @@ class RayBackend:
     starved of CPUs or GPUs by the next, and so that the warm worker pool
     serves one job at a time.
 
-    The process holds a lease in Redis on every job and training run it has
-    taken, renewed every third of ``MAGIC_JOB_LEASE_S``. A sweep at start and
-    then once per lease period takes over queued or running jobs and training
-    runs whose lease lapsed, because the process that held them stopped: jobs
-    are resumed (their cached samples are not computed again) and runs are
-    trained again. On shutdown the process puts its jobs back in the queue and
-    drops its leases, so the next process resumes them at once.
+    The process holds a lease in Redis on every job, evaluation and training
+    run it has taken, renewed every third of ``MAGIC_JOB_LEASE_S``. A sweep at
+    start and then once per lease period takes over the records whose lease
+    lapsed, because the process that held them stopped. Jobs are resumed
+    (their cached samples are not computed again), runs are trained again,
+    and evaluations are marked failed. On shutdown the process puts its jobs
+    back in the queue and drops its leases, so the next process resumes them
+    at once.
     """
 
     def __init__(self, settings: Settings, store: Store, redis_url: str) -> None:
@@ -320,7 +327,8 @@ class RayBackend:
 
     # ----------------------------------------------------------- evaluations
     def submit_evaluation(self, evaluation_id: str) -> None:
-        self._evaluations.put(evaluation_id)
+        if self._claim("evaluation", evaluation_id):
+            self._evaluations.put(evaluation_id)
 
     def _evaluation_loop(self) -> None:
         from .evaluation import EvaluationCoordinator
@@ -331,11 +339,14 @@ class RayBackend:
                 return
             coordinator = EvaluationCoordinator(evaluation_id, self.settings, self.store,
                                                 self.stopping)
-            if self.stopping.is_set():
-                coordinator._fail(SHUTDOWN_MESSAGE)
-                continue
-            self.pool.stop_idle(now=True)
-            coordinator.run()
+            try:
+                if self.stopping.is_set():
+                    coordinator._fail(SHUTDOWN_MESSAGE)
+                    continue
+                self.pool.stop_idle(now=True)
+                coordinator.run()
+            finally:
+                self._release("evaluation", evaluation_id)
 
     def retrain(self, folder: str, removed: list[int], measurement: str):
         """Retrain the run at ``folder`` (a path or URL) without ``removed``.
@@ -401,7 +412,7 @@ class RayBackend:
                                    record_id)
 
     def sweep(self) -> list[str]:
-        """Take over jobs and training runs whose holder stopped; return what was taken."""
+        """Take over jobs, evaluations and training runs whose holder stopped; return them."""
         taken = []
         for job_id in self.store.active_job_ids():
             if self.stopping.is_set() or not self._claim("job", job_id):
@@ -414,6 +425,17 @@ class RayBackend:
             logger.info("resuming job %s left by a stopped service process", job_id)
             self._jobs.put(job_id)
             taken.append(f"job {job_id}")
+        for evaluation_id in self.store.active_evaluation_ids():
+            # Evaluations are not resumed: the one whose process stopped fails.
+            if self.stopping.is_set() or not self._claim("evaluation", evaluation_id):
+                continue
+            self.store.transition_evaluation(
+                evaluation_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.FAILED,
+                error=ORPHANED_EVALUATION_MESSAGE, finished_at=time.time())
+            self._release("evaluation", evaluation_id)
+            logger.warning("evaluation %s failed: the service process running it stopped",
+                           evaluation_id)
+            taken.append(f"evaluation {evaluation_id}")
         for run_id in self.store.training_run_ids():
             record = self.store.get_run(run_id)
             if self.stopping.is_set() or record is None or not record.get("spec"):

@@ -117,6 +117,8 @@ def _check_complete(client, store, settings, run_id, job_id) -> None:
     """The job succeeded and its scores equal the engine's; one cache entry per sample."""
     job = client.wait(job_id, timeout=300, progress=False)
     assert job["status"] == "succeeded"
+    assert not job["error"], "a resumed job kept the message of its interruption"
+    assert job["cached"] == 0, "samples this job computed counted as cache hits"
     scores = client.scores(job_id)
     run = attribution.TrainingRun.load(run_folder(settings.runs_dir, run_id))
     expected = attribution.attribute(run, INDICES).numpy()

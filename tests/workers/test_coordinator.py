@@ -8,7 +8,8 @@ from ray.exceptions import RayTaskError
 from service.keys import JobStatus, lease_key
 from service.settings import Settings
 from service.store import Store
-from workers.coordinator import REQUEUED_MESSAGE, RayBackend, describe_error, shard_length
+from workers.coordinator import (ORPHANED_EVALUATION_MESSAGE, REQUEUED_MESSAGE, RayBackend,
+                                 describe_error, shard_length)
 
 
 @pytest.fixture
@@ -89,3 +90,17 @@ def test_shard_length_splits_evenly(missing, max_shard, workers, expected):
     length = shard_length(missing, max_shard, workers)
     assert length == expected
     assert length <= max_shard
+
+
+def test_sweep_fails_an_orphaned_evaluation(store, tmp_path):
+    store.create_evaluation("ev1", {"evaluation_id": "ev1", "run_id": "run1",
+                                    "test_indices": [0], "total": 3})
+    assert store.claim("evaluation", "ev1", "stopped-process", lease_s=0.2)
+    backend = RayBackend(Settings(storage_dir=tmp_path), store, redis_url="unused")
+    assert backend.sweep() == []  # its holder's lease is still alive
+    time.sleep(0.4)
+    assert backend.sweep() == ["evaluation ev1"]
+    record = store.get_evaluation("ev1")
+    assert record["status"] == JobStatus.FAILED
+    assert record["error"] == ORPHANED_EVALUATION_MESSAGE
+    assert not store.client.exists(lease_key("evaluation", "ev1"))
