@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
+import os
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -71,7 +74,12 @@ class EmbeddedRedis:
                    "--logfile", str(self._socket_dir / "redis.log")]
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._lock_data_dir()
+            try:
+                self._lock_data_dir()
+            except EmbeddedRedisError:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
+                raise
             command += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes",
                         "--appendfsync", "everysec"]
         else:
@@ -84,6 +92,8 @@ class EmbeddedRedis:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          pass_fds=inherited)
         self._wait_until_ready(timeout)
+        if self._lock_file is not None:
+            self._record_owner()
         logger.info("started redis-server (pid %d) on %s, data in %s", self._process.pid,
                     socket_path, self.data_dir or "memory only")
         return self.url
@@ -110,19 +120,64 @@ class EmbeddedRedis:
 
     def _lock_data_dir(self) -> None:
         # Two servers appending to one file would corrupt it, so a second service on
-        # the same storage folder is rejected.
-        self._lock_file = open(self.data_dir / "redis.lock", "w")
+        # the same storage folder is rejected. The lock file names the service and
+        # its server, so that a server orphaned by a killed service can be stopped.
+        self._lock_file = open(self.data_dir / "redis.lock", "a+")
+        if self._try_lock():
+            return
+        orphan = self._orphaned_server()
+        if orphan is not None:
+            logger.warning("stopping redis-server pid %d, orphaned by a stopped service on %s",
+                           orphan, self.data_dir)
+            os.kill(orphan, signal.SIGTERM)  # flushes the append-only file
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if self._try_lock():
+                    return
+                time.sleep(0.05)
+        self._lock_file.close()
+        self._lock_file = None
+        raise EmbeddedRedisError(
+            f"another service already runs a Redis on {self.data_dir}; stop it or set "
+            "MAGIC_STORAGE_DIR to another folder (a redis-server left by a killed service "
+            f"is stopped automatically; `fuser {self.data_dir / 'redis.lock'}` lists the "
+            "process that holds the folder)"
+        )
+
+    def _try_lock(self) -> bool:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise EmbeddedRedisError(
-                f"another service already runs a Redis on {self.data_dir}; stop it (after a "
-                "killed service, stop its orphaned redis-server: `fuser "
-                f"{self.data_dir / 'redis.lock'}` lists it) or set MAGIC_STORAGE_DIR to "
-                "another folder"
-            ) from None
+            return False
+
+    def _record_owner(self) -> None:
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        json.dump({"service_pid": os.getpid(), "redis_pid": self._process.pid},
+                  self._lock_file)
+        self._lock_file.flush()
+
+    def _orphaned_server(self) -> Optional[int]:
+        """Return the pid of the folder's redis-server if the service that started it is gone."""
+        self._lock_file.seek(0)
+        try:
+            owner = json.loads(self._lock_file.read() or "null")
+            service_pid, redis_pid = int(owner["service_pid"]), int(owner["redis_pid"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        if _process_alive(service_pid):
+            return None
+        try:
+            title = Path(f"/proc/{redis_pid}/cmdline").read_bytes()
+            working_dir = os.readlink(f"/proc/{redis_pid}/cwd")
+        except OSError:
+            return None
+        # Only a redis-server working in this very folder (redis-server changes into
+        # its --dir) is stopped, never a process that reused the pid.
+        if b"redis-server" not in title or working_dir != str(self.data_dir.resolve()):
+            return None
+        return redis_pid
 
     def _wait_until_ready(self, timeout: float) -> None:
         client = redis.Redis(unix_socket_path=str(self._socket_dir / "redis.sock"),
@@ -145,3 +200,13 @@ class EmbeddedRedis:
             client.close()
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not reply to PING within {timeout:g} s; see its log")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
