@@ -1,5 +1,6 @@
 """The embedded Redis server: storage folder locking."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -58,8 +59,8 @@ def test_server_orphaned_by_a_killed_service_is_replaced(tmp_path):
     assert Path(f"/proc/{orphan}").exists(), "the server should outlive its service"
 
     restarted = EmbeddedRedis(tmp_path)
-    url = restarted.start()
     try:
+        url = restarted.start()
         assert redis.Redis.from_url(url).get("kept") == b"yes"
         deadline = time.monotonic() + 15
         while Path(f"/proc/{orphan}").exists() and time.monotonic() < deadline:
@@ -67,3 +68,5 @@ def test_server_orphaned_by_a_killed_service_is_replaced(tmp_path):
         assert not Path(f"/proc/{orphan}").exists(), "the orphaned server is still running"
     finally:
         restarted.stop()
+        if Path(f"/proc/{orphan}").exists():  # the takeover failed: stop it here
+            os.kill(orphan, signal.SIGTERM)
