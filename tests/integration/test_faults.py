@@ -9,6 +9,7 @@ engine's scores on the same run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -130,9 +131,13 @@ def _check_complete(client, store, settings, run_id, job_id) -> None:
     assert len(list(store.client.scan_iter(match=SCORES_PREFIX + "*"))) == len(INDICES)
 
 
-@repeat
-def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path, attempt):
-    settings = _settings(redis_process, tmp_path)
+@contextlib.contextmanager
+def _running_job(settings: Settings, redis_process: RedisProcess):
+    """Serve ``settings`` in this process and yield a job that has made progress.
+
+    Yields the server, a client, a Store on the test's Redis, the run id and
+    the job id, once at least 2 of the job's samples are done.
+    """
     app_server = BackgroundServer(_app(settings))
     url = app_server.start()
     store = Store.from_url(redis_process.url)
@@ -141,34 +146,31 @@ def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path, at
             run_id = client.create_run("digits-mlp", LONG, wait=True, timeout=240)["run_id"]
             job_id = client.submit_job(run_id, INDICES)
             _wait_for_progress(client, job_id, at_least=2)
-            pool = app_server.app.state.backend.pool
-            victim = pool.worker_pids()[0]
-            os.kill(victim, signal.SIGKILL)
-            _check_complete(client, store, settings, run_id, job_id)
-            assert victim not in pool.worker_pids()
+            yield app_server, client, store, run_id, job_id
     finally:
         store.close()
         app_server.stop()
+
+
+@repeat
+def test_replay_worker_killed_mid_shard(ray_cluster, redis_process, tmp_path, attempt):
+    settings = _settings(redis_process, tmp_path)
+    with _running_job(settings, redis_process) as (app_server, client, store, run_id, job_id):
+        pool = app_server.app.state.backend.pool
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        _check_complete(client, store, settings, run_id, job_id)
+        assert victim not in pool.worker_pids()
 
 
 @repeat
 def test_redis_killed_and_restarted_mid_job(ray_cluster, redis_process, tmp_path, attempt):
     settings = _settings(redis_process, tmp_path)
-    app_server = BackgroundServer(_app(settings))
-    url = app_server.start()
-    store = Store.from_url(redis_process.url)
-    try:
-        with AttributionClient(url) as client:
-            run_id = client.create_run("digits-mlp", LONG, wait=True, timeout=240)["run_id"]
-            job_id = client.submit_job(run_id, INDICES)
-            _wait_for_progress(client, job_id, at_least=2)
-            redis_process.kill()
-            time.sleep(1.5)
-            redis_process.start()
-            _check_complete(client, store, settings, run_id, job_id)
-    finally:
-        store.close()
-        app_server.stop()
+    with _running_job(settings, redis_process) as (_, client, store, run_id, job_id):
+        redis_process.kill()
+        time.sleep(1.5)
+        redis_process.start()
+        _check_complete(client, store, settings, run_id, job_id)
 
 
 def _app(settings):

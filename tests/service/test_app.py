@@ -6,30 +6,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import runs
 from service.app import create_app
-from service.keys import JobStatus, RunStatus, score_arguments
+from service.keys import JobStatus, RunStatus
 from service.settings import Settings
 
-TINY = {"n_train": 200, "n_test": 50, "epochs": 2, "hidden": [16]}
-
-
-class FakeBackend:
-    def __init__(self):
-        self.trainings = []
-        self.jobs = []
-
-    def submit_training(self, run_id, spec, fingerprint):
-        self.trainings.append((run_id, fingerprint))
-
-    def submit_job(self, job_id):
-        self.jobs.append(job_id)
-
-    def health(self):
-        return {"ok": True, "cpus": 2.0}
-
-    def shutdown(self, timeout=30.0):
-        pass
+from .fakes import TINY, FakeBackend, finish_job, mark_ready
 
 
 @pytest.fixture
@@ -50,24 +31,8 @@ def api(store, backend, redis_base_url, tmp_path):
 def ready_run(api, store, backend, tmp_path):
     """A run with status ready, a labels file and no checkpoints."""
     run_id = api.post("/v1/runs", json={"recipe": "digits-mlp", "overrides": TINY}).json()["run_id"]
-    fingerprint = backend.trainings[-1][1]
-    folder = runs.run_folder(tmp_path / "runs", run_id)
-    folder.mkdir(parents=True)
-    runs.write_labels(folder, y_train=np.arange(200) % 10, y_test=np.arange(50) % 10)
-    store.finish_run(run_id, RunStatus.READY, fingerprint=fingerprint,
-                     metrics={"test_accuracy": 0.5})
+    mark_ready(store, tmp_path / "runs", run_id, backend.trainings[-1][1])
     return run_id
-
-
-def _finish_job(store, job_id, scores):
-    """Store ``scores`` (k, n_train) for the job's test samples and mark it succeeded."""
-    job = store.get_job(job_id)
-    run = store.get_run(job["run_id"])
-    for q, index in enumerate(job["test_indices"]):
-        store.put_scores(score_arguments(run["fingerprint"], index, job["measurement"],
-                                         job["engine_version"]), scores[q])
-    store.transition_job(job_id, (JobStatus.QUEUED,), JobStatus.SUCCEEDED, finished_at=1e10,
-                         done=job["total"])
 
 
 def test_healthz_reports_components(api):
@@ -166,7 +131,7 @@ def test_too_many_active_jobs_is_503(api, ready_run):
     assert "Retry-After" in response.headers
 
 
-def test_same_inputs_while_active_join_the_first_job(api, ready_run, backend, store):
+def test_duplicate_job_joins_active_job(api, ready_run, backend, store):
     body = {"run_id": ready_run, "test_indices": [5, 1]}
     first = api.post("/v1/jobs", json=body)
     second = api.post("/v1/jobs", json=body)
@@ -180,7 +145,7 @@ def test_same_inputs_while_active_join_the_first_job(api, ready_run, backend, st
     assert len(set(backend.jobs)) == 2
 
 
-def test_same_inputs_after_the_first_job_failed_make_a_new_job(api, ready_run, backend, store):
+def test_resubmit_after_failure_makes_new_job(api, ready_run, backend, store):
     body = {"run_id": ready_run, "test_indices": [7]}
     first = api.post("/v1/jobs", json=body).json()["job_id"]
     store.transition_job(first, (JobStatus.QUEUED,), JobStatus.FAILED, error="worker lost")
@@ -190,10 +155,10 @@ def test_same_inputs_after_the_first_job_failed_make_a_new_job(api, ready_run, b
     assert backend.jobs == [first, second.json()["job_id"]]
 
 
-def test_fully_cached_job_succeeds_at_submission(api, ready_run, backend, store):
+def test_cached_job_succeeds_at_submission(api, ready_run, backend, store):
     first = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [3, 8]}).json()
     scores = np.arange(400, dtype=np.float32).reshape(2, 200)
-    _finish_job(store, first["job_id"], scores)
+    finish_job(store, first["job_id"], scores)
     again = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [8, 3]})
     assert again.status_code == 200
     assert again.json()["status"] == "succeeded"
@@ -227,7 +192,7 @@ def test_scores_of_unfinished_job_is_409(api, ready_run):
 def test_scores_json_npy_and_top_k(api, ready_run, store):
     job_id = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [7, 3]}).json()["job_id"]
     scores = np.random.default_rng(0).normal(size=(2, 200)).astype(np.float32)
-    _finish_job(store, job_id, scores)
+    finish_job(store, job_id, scores)
 
     body = api.get(f"/v1/jobs/{job_id}/scores").json()
     assert body["test_indices"] == [7, 3]
@@ -249,7 +214,7 @@ def test_top_k_for_margin_prefers_positive(api, ready_run, store):
     body = {"run_id": ready_run, "test_indices": [0], "measurement": "margin"}
     job_id = api.post("/v1/jobs", json=body).json()["job_id"]
     scores = np.array([np.linspace(-1, 1, 200)], dtype=np.float32)
-    _finish_job(store, job_id, scores)
+    finish_job(store, job_id, scores)
     top = api.get(f"/v1/jobs/{job_id}/scores", params={"top_k": 1}).json()["top"][0]
     assert top["proponents"][0]["train_index"] == 199
     assert top["opponents"][0]["train_index"] == 0
@@ -259,13 +224,13 @@ def test_top_k_for_margin_prefers_positive(api, ready_run, store):
                                     {"format": "csv"}])
 def test_scores_invalid_query(api, ready_run, store, params):
     job_id = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]}).json()["job_id"]
-    _finish_job(store, job_id, np.zeros((1, 200), np.float32))
+    finish_job(store, job_id, np.zeros((1, 200), np.float32))
     assert api.get(f"/v1/jobs/{job_id}/scores", params=params).status_code == 422
 
 
 def test_expired_scores_are_410(api, ready_run, store):
     job_id = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]}).json()["job_id"]
-    _finish_job(store, job_id, np.zeros((1, 200), np.float32))
+    finish_job(store, job_id, np.zeros((1, 200), np.float32))
     for key in store.client.scan_iter(match="magic:scores:*"):
         store.client.delete(key)
     assert api.get(f"/v1/jobs/{job_id}/scores").status_code == 410
@@ -292,7 +257,7 @@ def test_non_finite_json_is_422_not_500(api, path, body, field):
 def test_top_k_splits_by_sign(api, ready_run, store):
     job_id = api.post("/v1/jobs", json={"run_id": ready_run, "test_indices": [0]}).json()["job_id"]
     scores = np.array([np.linspace(-1, 3, 200)], dtype=np.float32)  # 50 negative scores
-    _finish_job(store, job_id, scores)
+    finish_job(store, job_id, scores)
     top = api.get(f"/v1/jobs/{job_id}/scores", params={"top_k": 200}).json()["top"][0]
     assert len(top["proponents"]) == 50
     assert len(top["opponents"]) == 150

@@ -5,30 +5,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import runs
 from service.app import create_app
-from service.keys import JobStatus, RunStatus, score_arguments
+from service.keys import JobStatus, score_arguments
 from service.settings import Settings
 
-TINY = {"n_train": 200, "n_test": 50, "epochs": 2, "hidden": [16]}
-
-
-class FakeBackend:
-    def __init__(self):
-        self.trainings = []
-        self.jobs = []
-
-    def submit_training(self, run_id, spec, fingerprint):
-        self.trainings.append((run_id, fingerprint))
-
-    def submit_job(self, job_id):
-        self.jobs.append(job_id)
-
-    def health(self):
-        return {"ok": True}
-
-    def shutdown(self, timeout=30.0):
-        pass
+from .fakes import TINY, FakeBackend, mark_ready
 
 
 @pytest.fixture
@@ -47,11 +28,7 @@ def api(store, backend, redis_base_url, tmp_path):
 @pytest.fixture
 def ready_run(api, store, backend, tmp_path):
     run_id = api.post("/v1/runs", json={"recipe": "digits-mlp", "overrides": TINY}).json()["run_id"]
-    folder = runs.run_folder(tmp_path / "runs", run_id)
-    folder.mkdir(parents=True)
-    runs.write_labels(folder, y_train=np.arange(200) % 10, y_test=np.arange(50) % 10)
-    store.finish_run(run_id, RunStatus.READY, fingerprint=backend.trainings[-1][1],
-                     metrics={"test_accuracy": 0.5})
+    mark_ready(store, tmp_path / "runs", run_id, backend.trainings[-1][1])
     return run_id
 
 
