@@ -7,7 +7,7 @@ For each fault it writes to benchmarks/results/faults.json how many jobs were
 hit, how many ended succeeded with every score vector equal to the engine's
 scores on the same run, and the failure messages of the others. A passing test
 checks that the job succeeded, that its scores equal the engine's, and that
-the cache holds exactly one readable vector per test sample.
+the cache contains exactly one readable vector per test sample.
 """
 
 from __future__ import annotations

@@ -273,9 +273,9 @@ def submit_job(body: JobCreate, response: Response, store: StoreDep, backend: Ba
                settings: SettingsDep, owner: OwnerDep) -> JobCreated:
     """Submit an attribution job for test samples of a ready training run.
 
-    Returns 202 with a queued job, or 200 when no new work is needed: the job is
-    already succeeded because every score vector is cached, or a queued or
-    running job with the same inputs exists and its id is returned.
+    Returns 202 with a queued job, or 200 when no new work is needed. That is the
+    case when every score vector is cached, so the job is created as succeeded,
+    and when a queued or running job has the same inputs, whose id is returned.
     """
     import attribution
 
@@ -308,7 +308,7 @@ def submit_job(body: JobCreate, response: Response, store: StoreDep, backend: Ba
             "cached": len(arguments), "replayed": 0, "started_at": now, "finished_at": now,
         })
         response.status_code = status.HTTP_200_OK
-        logger.info("job %s answered from the cache: %d test samples", job_id, len(arguments))
+        logger.info("job %s served from the cache: %d test samples", job_id, len(arguments))
         return JobCreated(job_id=job_id, status=JobStatus.SUCCEEDED)
 
     if store.active_job_count() >= settings.max_active_jobs:

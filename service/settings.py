@@ -101,9 +101,9 @@ class Settings(BaseSettings):
                     "it stops and frees its CPU or GPU; 0 stops workers after every job.")
     job_lease_s: float = Field(
         default=30.0, ge=2,
-        description="Lease of a service process on the jobs it holds, renewed while it "
-                    "runs; a queued or running job whose lease lapsed is resumed by the "
-                    "next service process that sees it.")
+        description="Seconds of the lease a service process takes on each job, evaluation "
+                    "and training run it works on, renewed while it runs. The next service "
+                    "process to sweep Redis takes over a record whose lease expired.")
     redis_retry_s: float = Field(
         default=30.0, ge=0,
         description="Seconds of reconnecting with backoff before a Redis call fails.")

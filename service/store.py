@@ -319,7 +319,7 @@ class Store:
 
     # ---------------------------------------------------------------- leases
     def claim(self, kind: str, record_id: str, token: str, lease_s: float) -> bool:
-        """Take the lease of a record if nobody holds it; return True if taken."""
+        """Take the lease of a record unless another process has it; return True if taken."""
         return bool(self.client.set(lease_key(kind, record_id), token, nx=True,
                                     px=int(lease_s * 1000)))
 

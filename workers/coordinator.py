@@ -258,8 +258,8 @@ class RayBackend:
         self.pool = WorkerPool(settings, redis_url)
         self._jobs: queue.Queue[Optional[str]] = queue.Queue()
         self._evaluations: queue.Queue[Optional[str]] = queue.Queue()
-        self._held: dict[tuple[str, str], float] = {}
-        self._held_lock = threading.Lock()
+        self._leased: dict[tuple[str, str], float] = {}
+        self._lease_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -371,17 +371,17 @@ class RayBackend:
     # ---------------------------------------------------------------- leases
     def _claim(self, kind: str, record_id: str) -> bool:
         """Take the lease of a record; False if another live process holds it."""
-        with self._held_lock:
-            if (kind, record_id) in self._held:
+        with self._lease_lock:
+            if (kind, record_id) in self._leased:
                 return False
             if not self.store.claim(kind, record_id, self.token, self.settings.job_lease_s):
                 return False
-            self._held[(kind, record_id)] = time.monotonic()
+            self._leased[(kind, record_id)] = time.monotonic()
             return True
 
     def _release(self, kind: str, record_id: str) -> None:
-        with self._held_lock:
-            self._held.pop((kind, record_id), None)
+        with self._lease_lock:
+            self._leased.pop((kind, record_id), None)
         try:
             self.store.release(kind, record_id, self.token)
         except Exception:  # noqa: BLE001 - an unreleased lease lapses by itself
@@ -402,9 +402,9 @@ class RayBackend:
                 logger.warning("lease upkeep failed; retrying in %.0f s", period, exc_info=True)
 
     def _renew_leases(self) -> None:
-        with self._held_lock:
-            held = list(self._held)
-        for kind, record_id in held:
+        with self._lease_lock:
+            leased = list(self._leased)
+        for kind, record_id in leased:
             if not self.store.renew(kind, record_id, self.token, self.settings.job_lease_s):
                 # Lapsed, for example while Redis restarted: take it again if free.
                 if not self.store.claim(kind, record_id, self.token, self.settings.job_lease_s):
@@ -413,7 +413,7 @@ class RayBackend:
 
     def sweep(self) -> list[str]:
         """Take over jobs, evaluations and training runs whose holder stopped; return them."""
-        taken = []
+        adopted = []
         for job_id in self.store.active_job_ids():
             if self.stopping.is_set() or not self._claim("job", job_id):
                 continue
@@ -424,7 +424,7 @@ class RayBackend:
                 continue
             logger.info("resuming job %s left by a stopped service process", job_id)
             self._jobs.put(job_id)
-            taken.append(f"job {job_id}")
+            adopted.append(f"job {job_id}")
         for evaluation_id in self.store.active_evaluation_ids():
             # Evaluations are not resumed: the one whose process stopped fails.
             if self.stopping.is_set() or not self._claim("evaluation", evaluation_id):
@@ -435,7 +435,7 @@ class RayBackend:
             self._release("evaluation", evaluation_id)
             logger.warning("evaluation %s failed: the service process running it stopped",
                            evaluation_id)
-            taken.append(f"evaluation {evaluation_id}")
+            adopted.append(f"evaluation {evaluation_id}")
         for run_id in self.store.training_run_ids():
             record = self.store.get_run(run_id)
             if self.stopping.is_set() or record is None or not record.get("spec"):
@@ -447,12 +447,12 @@ class RayBackend:
             fingerprint = run_fingerprint(TrainingSpec.from_dict(record["spec"]))
             self._spawn(self._train, run_id, record["spec"], fingerprint,
                         name=f"magic-train-{run_id}")
-            taken.append(f"run {run_id}")
-        return taken
+            adopted.append(f"run {run_id}")
+        return adopted
 
     # ------------------------------------------------------------- lifecycle
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop all threads; held jobs go back to the queue and their leases are dropped."""
+        """Stop all threads; leased jobs go back to the queue and their leases are dropped."""
         self.stopping.set()
         while True:
             try:

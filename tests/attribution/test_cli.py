@@ -56,7 +56,7 @@ def test_bad_attribute_arguments_exit_with_message(arguments, match):
         main(["attribute", *TINY, *arguments])
 
 
-def test_train_and_attribute_warn_about_a_non_smooth_run(tmp_path, capsys):
+def test_cli_warns_on_non_smooth_run(tmp_path, capsys):
     rough = ["--recipe", "digits-mlp", "--set", "n_train=200", "--set", "n_test=50",
              "--set", "epochs=10", "--set", "hidden=[16]", "--set", "output_scale=1.0",
              "--set", "lr=1.0"]

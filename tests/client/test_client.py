@@ -173,7 +173,7 @@ def _evaluation(status, done=0):
 
 
 @pytest.mark.parametrize("make_client", ["sync", "async"])
-def test_evaluation_submit_wait_and_predict(make_client):
+def test_evaluation_and_prediction_calls(make_client):
     states = iter([_evaluation("running", 1), _evaluation("succeeded", 3)])
     bodies = []
 
@@ -217,7 +217,7 @@ def test_evaluation_submit_wait_and_predict(make_client):
     ]
 
 
-def test_async_wait_evaluation_raises_for_failed():
+def test_async_wait_evaluation_failed():
     def handler(request):
         return httpx.Response(200, json=_evaluation("failed"))
 

@@ -13,7 +13,7 @@ from .test_faults import _app, _settings, redis_process  # noqa: F401 - fixture
 pytestmark = pytest.mark.integration
 
 
-def test_workers_stay_warm_then_yield_to_training(ray_cluster, redis_process, tmp_path):
+def test_pool_yields_to_training(ray_cluster, redis_process, tmp_path):
     settings = _settings(redis_process, tmp_path, worker_idle_s=600)
     server = BackgroundServer(_app(settings))
     url = server.start()

@@ -116,7 +116,7 @@ def test_job_on_training_run_then_cancel(client, settings):
     assert len(cached) >= cancelled["progress"]["done"] > 0
 
 
-def test_same_job_submitted_twice_is_computed_once(client):
+def test_duplicate_job_computed_once(client):
     # 80 steps per reverse pass, so the first job is still running at the second submission.
     run = client.create_run("digits-mlp", {**TINY, "epochs": 40}, wait=True, timeout=120)
     indices = [30, 31, 32, 33, 34, 35, 36, 37]

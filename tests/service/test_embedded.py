@@ -23,7 +23,7 @@ def test_second_server_on_same_folder_rejected(tmp_path):
         first.stop()
 
 
-def test_server_of_a_live_service_keeps_folder_locked(tmp_path):
+def test_live_service_keeps_folder_locked(tmp_path):
     first = EmbeddedRedis(tmp_path)
     first.start()
     try:
@@ -39,7 +39,7 @@ def test_server_of_a_live_service_keeps_folder_locked(tmp_path):
     restarted.stop()
 
 
-def test_server_orphaned_by_a_killed_service_is_replaced(tmp_path):
+def test_orphaned_server_is_replaced(tmp_path):
     # A separate service process starts the server, writes a key and is killed.
     script = (
         "import sys, redis\n"

@@ -36,7 +36,7 @@ def _queued_job(store, job_id):
                               "test_indices": [0], "total": 1, "engine_version": "0.1.0"})
 
 
-def test_shutdown_leaves_jobs_queued_for_the_next_process(store, tmp_path):
+def test_shutdown_leaves_jobs_queued(store, tmp_path):
     settings = Settings(storage_dir=tmp_path)
     first = RayBackend(settings, store, redis_url="unused")
     _queued_job(store, "job1")
@@ -52,7 +52,7 @@ def test_shutdown_leaves_jobs_queued_for_the_next_process(store, tmp_path):
     assert second.sweep() == []  # held now, not taken twice
 
 
-def test_sweep_takes_only_jobs_whose_lease_lapsed(store, tmp_path):
+def test_sweep_takes_lapsed_jobs_only(store, tmp_path):
     settings = Settings(storage_dir=tmp_path)
     _queued_job(store, "held")
     _queued_job(store, "orphan")
@@ -72,7 +72,7 @@ def test_sweep_takes_only_jobs_whose_lease_lapsed(store, tmp_path):
     assert store.client.get(lease_key("job", "held")) == b"another-process"
 
 
-def test_a_finished_job_is_not_resumed(store, tmp_path):
+def test_sweep_skips_finished_job(store, tmp_path):
     _queued_job(store, "done")
     store.transition_job("done", (JobStatus.QUEUED,), JobStatus.SUCCEEDED)
     backend = RayBackend(Settings(storage_dir=tmp_path), store, redis_url="unused")
